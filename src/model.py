@@ -1,0 +1,216 @@
+"""GPT-2, written out in full: embeddings, a stack of transformer blocks, a final LayerNorm, a language-model head.
+
+Reading order: `GPTConfig` (the sizes), `CausalSelfAttention` (how tokens look at earlier tokens),
+`MLP` (what each token thinks about on its own), `Block` (the two together, with LayerNorm and residual
+connections), `GPT` (the whole model).
+
+Shapes use the usual letters: B = batch size, T = sequence length (time), C = d_model (channels),
+nh = number of heads, hs = head size = C // nh, V = vocabulary size.
+
+This is GPT-2 exactly, number for number, so that OpenAI's released weights load into it and give the same
+logits as Hugging Face `transformers` (a test proves it):
+- learned position embeddings added to token embeddings;
+- pre-LayerNorm blocks (`x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`) and a final LayerNorm `ln_f`;
+- LayerNorm with eps 1e-5; biases on every Linear and LayerNorm;
+- GELU in its tanh approximation (GPT-2's "gelu_new"), MLP hidden size 4 * C;
+- `lm_head` shares its weight with the token embedding `wte` ("weight tying");
+- init N(0, 0.02), with the two projections that write into the residual stream scaled by 1/sqrt(2 * n_layer).
+Parameter names are GPT-2's (`transformer.wte`, `transformer.h.0.attn.c_attn`, ...), so loading weights is
+a key-for-key copy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from src.generate import generate as _generate
+
+
+@dataclass
+class GPTConfig:
+    """The sizes of a GPT. The defaults are a small model that trains on a laptop CPU."""
+
+    vocab_size: int = 65  # number of distinct tokens (characters, for a char-level model)
+    block_size: int = 256  # context length: the most tokens the model can look at
+    n_layer: int = 6  # number of transformer blocks
+    n_head: int = 6  # attention heads per block
+    d_model: int = 384  # width of the residual stream ("n_embd" in GPT-2's config)
+    dropout: float = 0.0  # dropout probability during training (0 for GPT-2 fine-tuning and small data)
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.d_model % self.n_head != 0:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head attention where each position may only look at itself and earlier positions.
+
+    Every token emits a query ("what am I looking for?"), a key ("what do I contain?") and a value ("what
+    I pass on if chosen"). Attention weights are softmax(q . k / sqrt(hs)) over earlier positions; the
+    output is the weighted sum of values. Dividing by sqrt(hs) keeps the dot products at unit variance so
+    the softmax does not saturate. Several heads do this in parallel on slices of the channels.
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.d_model, 3 * config.d_model)  # q, k, v for all heads in one matmul
+        self.c_proj = nn.Linear(config.d_model, config.d_model)  # mixes the heads back together
+        self.c_proj.residual_projection = True  # marker for the scaled init in GPT._init_weights
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        # Split the channels into heads. view() cuts C into (nh, hs); transpose(1, 2) moves the head axis
+        # before time so each head is an independent (T, hs) problem. (A direct view to (B, nh, T, hs)
+        # would be wrong: it would mix tokens and heads, because C is the innermost axis in memory.)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        # softmax(q k^T / sqrt(hs) + causal mask) v, in one fused kernel. is_causal=True masks the future
+        # with -inf (never a finite -1e4, which a model can learn to defeat).
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, nh, T, hs)
+        # Put the heads side by side again: (B, nh, T, hs) -> (B, T, nh, hs) -> (B, T, C).
+        # contiguous() is needed because transpose only changed the strides, and view needs real order.
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))  # (B, T, C)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network: each token on its own, C -> 4C -> GELU -> C."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.d_model, 4 * config.d_model)
+        self.c_proj = nn.Linear(4 * config.d_model, config.d_model)
+        self.c_proj.residual_projection = True
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.c_fc(x)  # (B, T, 4C)
+        x = F.gelu(x, approximate="tanh")  # GPT-2's GELU; the exact erf form drifts from the weights' training
+        return self.dropout(self.c_proj(x))  # (B, T, C)
+
+
+class Block(nn.Module):
+    """One transformer block: communicate (attention), then compute (MLP), each on a residual branch.
+
+    Pre-LayerNorm: normalise *before* each sub-layer and add its output back to the unnormalised stream.
+    The residual stream `x` is a highway from input to output, which is what lets deep stacks train.
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.d_model, eps=1e-5)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.d_model, eps=1e-5)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))  # (B, T, C)
+        x = x + self.mlp(self.ln_2(x))  # (B, T, C)
+        return x
+
+
+class GPT(nn.Module):
+    """The GPT-2 language model: token ids in, next-token logits (and optionally the loss) out.
+
+    Build it from sizes, `GPT(vocab_size=65, d_model=384)`, or from a config, `GPT(GPTConfig(...))`.
+    """
+
+    def __init__(self, config: GPTConfig | None = None, **sizes):
+        super().__init__()
+        if config is None:
+            config = GPTConfig(**sizes)
+        elif sizes:
+            raise TypeError("pass either a GPTConfig or keyword sizes, not both")
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.d_model),  # token embedding
+                wpe=nn.Embedding(config.block_size, config.d_model),  # position embedding
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.d_model, eps=1e-5),
+            )
+        )
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        # Weight tying: the same matrix turns a token into a vector (wte) and a vector into token scores
+        # (lm_head). One tensor, so it is counted, trained and saved once.
+        self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-2's init: N(0, 0.02); zero biases; residual projections N(0, 0.02 / sqrt(2 * n_layer)).
+
+        Each block adds two branches (attention, MLP) to the residual stream; scaling their output
+        projections keeps the variance of the stream from growing with depth.
+        """
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "residual_projection", False):
+                std /= math.sqrt(2 * self.config.n_layer)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        # nn.LayerNorm already starts at weight 1, bias 0.
+
+    @property
+    def block_size(self) -> int:
+        return self.config.block_size
+
+    def num_params(self) -> int:
+        """Number of parameters, each counted once (the tied wte/lm_head matrix once)."""
+        return sum(p.numel() for p in self.parameters())  # parameters() already yields shared tensors once
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx: (B, T) token ids. targets: (B, T) next-token ids or None. Returns (logits (B, T, V), loss)."""
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(
+                f"sequence of {T} tokens is longer than the context length block_size={self.config.block_size}"
+            )
+        pos = torch.arange(T, device=idx.device)  # (T,)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C) + (T, C) -> (B, T, C)
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x)  # (B, T, C)
+        x = self.transformer.ln_f(x)  # (B, T, C)
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            # Cross-entropy in float32 even under bf16 autocast: the log-softmax over V needs the precision.
+            loss = F.cross_entropy(logits.float().view(B * T, -1), targets.reshape(B * T))
+        return logits, loss
+
+    def generate(self, idx, max_new_tokens: int, **sampling):
+        """Continue `idx` by `max_new_tokens` tokens. See `src.generate.generate` for the options."""
+        return _generate(self, idx, max_new_tokens, **sampling)
+
+    @classmethod
+    def from_pretrained(cls, path) -> GPT:
+        """Load a model saved by `train.py` (a Hugging Face GPT-2 folder) from `path`."""
+        from src.checkpoint import load_model
+
+        return load_model(path)

@@ -1,0 +1,158 @@
+"""Character-level tokenizer: every distinct character of the training text is one token.
+
+The vocabulary is the sorted set of characters in the text, so token ids are stable: the same text
+always gives the same ids. `encode` maps a string to a list of ids and `decode` maps ids back.
+
+    >>> tok = CharTokenizer.from_text("hello")
+    >>> tok.chars
+    ['e', 'h', 'l', 'o']
+    >>> tok.encode("hole")
+    [1, 3, 2, 0]
+    >>> tok.decode([1, 0, 2, 2, 3])
+    'hello'
+
+A model trained with this tokenizer can only read characters it saw in training: `encode` raises an
+error listing the unknown characters, unless you pass `unknown="replace"`, which maps them to a
+replacement character that is in the vocabulary (a space when there is one).
+
+Module-level `encode`, `decode` and `vocab_size` use the vocabulary of the default training text
+(`data/data.txt` if present, else the Shakespeare corpus), so that this works:
+
+    from src.tokenizer import encode, decode, vocab_size
+
+The vocabulary is built on first use, not at import, so importing this module stays instant.
+
+Every tokenizer (this one and the BPE one in `bpe.py`) offers the same shape: `encode`, `decode`,
+`vocab_size`, `save(path)` and a `load(path)` classmethod; `load_tokenizer` reads either kind back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from src.errors import UserError
+
+FORMAT_VERSION = 1
+
+
+class CharTokenizer:
+    """Maps characters to ids (`stoi`) and ids back to characters (`itos`)."""
+
+    kind = "char"
+
+    def __init__(self, chars: list[str]):
+        if len(set(chars)) != len(chars):
+            raise ValueError("characters in a vocabulary must be unique")
+        self.chars = list(chars)
+        self.stoi = {ch: i for i, ch in enumerate(self.chars)}  # string -> id
+        self.itos = dict(enumerate(self.chars))  # id -> string
+
+    @classmethod
+    def from_text(cls, text: str) -> CharTokenizer:
+        """Build the vocabulary from a training text: its sorted distinct characters."""
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str, unknown: str = "error") -> list[int]:
+        """Text -> list of ids. `unknown`: "error" (default) or "replace" for unseen characters."""
+        try:
+            return [self.stoi[ch] for ch in text]
+        except KeyError:
+            pass  # find *all* the unknown characters, so the message can list them
+        missing = sorted(set(text) - self.stoi.keys())
+        if unknown == "replace":
+            replacement = self.stoi.get(" ", 0)
+            return [self.stoi.get(ch, replacement) for ch in text]
+        shown = ", ".join(repr(ch) for ch in missing[:20]) + (" ..." if len(missing) > 20 else "")
+        raise UserError(
+            f"{len(missing)} character(s) not in the tokenizer's vocabulary: {shown} "
+            "(the model only knows characters from its training text)"
+        )
+
+    def decode(self, ids) -> str:
+        """List (or 1-D tensor) of ids -> text."""
+        try:
+            return "".join(self.itos[int(i)] for i in ids)
+        except KeyError as err:
+            raise UserError(f"token id {err.args[0]} is outside the vocabulary (size {self.vocab_size})") from None
+
+    def to_dict(self) -> dict:
+        return {"type": self.kind, "version": FORMAT_VERSION, "chars": self.chars}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the vocabulary as human-readable JSON (atomically)."""
+        from src.corpus import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CharTokenizer:
+        if data.get("type") != cls.kind or data.get("version") != FORMAT_VERSION:
+            raise UserError(f"not a version-{FORMAT_VERSION} char tokenizer: type={data.get('type')!r}")
+        return cls(data["chars"])
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CharTokenizer:
+        return cls.from_dict(_read_json(path))
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """Load any tokenizer saved by this project, choosing the class from the file's "type" field."""
+    data = _read_json(path)
+    kind = data.get("type")
+    if kind == CharTokenizer.kind:
+        return CharTokenizer.from_dict(data)
+    if kind in ("bpe", "gpt2"):
+        from src.bpe import BPETokenizer
+
+        return BPETokenizer.load(path)
+    raise UserError(f"{path}: unknown tokenizer type {kind!r}")
+
+
+def _read_json(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"tokenizer file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a tokenizer file")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------
+# The module-level API of the original project: encode/decode/vocab_size on the default training text.
+
+
+@lru_cache(maxsize=1)
+def default_tokenizer() -> CharTokenizer:
+    """The char tokenizer of the default training text (built once, on first use)."""
+    from src.corpus import read_text, resolve_data
+
+    path, _ = resolve_data()
+    return CharTokenizer.from_text(read_text(path))
+
+
+def encode(text: str) -> list[int]:
+    """Encode with the default training text's vocabulary."""
+    return default_tokenizer().encode(text)
+
+
+def decode(ids) -> str:
+    """Decode with the default training text's vocabulary."""
+    return default_tokenizer().decode(ids)
+
+
+def __getattr__(name: str):
+    # PEP 562: computes `vocab_size` only when someone asks for it (`from src.tokenizer import vocab_size`).
+    if name == "vocab_size":
+        return default_tokenizer().vocab_size
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
