@@ -34,6 +34,7 @@ from src.errors import UserError, run_cli
 from src.metrics import MetricsLog, bits
 from src.model import GPT, GPTConfig
 from src.optim import configure_optimizer, lr_at
+from src.sample import prompt_ids
 from src.tokenizer import CharTokenizer
 
 
@@ -179,7 +180,7 @@ def train(cfg: TrainConfig) -> dict:
           f"saved to {out_dir}/ (checkpoint, metrics.jsonl, loss.png)")
 
     if cfg.sample_tokens:
-        prompt = tokenizer.encode("\n") if "\n" in tokenizer.stoi else [0]
+        prompt = prompt_ids(tokenizer, "")
         ids = model.generate(prompt, max_new_tokens=cfg.sample_tokens, temperature=0.8, seed=cfg.seed)
         print("--- sample ---\n" + tokenizer.decode(ids[len(prompt):]).strip() + "\n--------------")
     return summary
