@@ -25,18 +25,19 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from src.bigram import BigramConfig, BigramLanguageModel
 from src.corpus import atomic_write_bytes, atomic_write_text
 from src.errors import UserError
+from src.hub import download, hub_repo
 from src.model import GPT, GPTConfig
 from src.tokenizer import load_tokenizer
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
+LEGACY_WEIGHTS = "pytorch_model.bin"  # older Hugging Face folders; read with weights_only=True
 TOKENIZER = "scratch_tokenizer.json"
 TRAINING = "training.json"
 
@@ -156,9 +157,20 @@ def save_checkpoint(out_dir: str | os.PathLike, model, tokenizer, training: dict
     atomic_write_text(out_dir / TRAINING, json.dumps(training or {}, indent=2) + "\n")
 
 
-def load_model(path: str | os.PathLike):
-    """Load the model of a checkpoint folder (ours or a Hugging Face GPT-2 folder)."""
+def load_model(path: str | os.PathLike, block_size: int | None = None, dropout: float | None = None):
+    """Load the model of a checkpoint folder (ours or a Hugging Face GPT-2 folder).
+
+    `path` may also name a released GPT-2 ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"), which is
+    downloaded from the Hugging Face Hub on first use (a local folder of that name wins).
+
+    For fine-tuning, `block_size` can shorten the context (GPT-2's is 1024): the position embedding
+    table `wpe` keeps only its first `block_size` rows, which is exactly what the model used for
+    positions 0..block_size-1, so nothing else changes. `dropout` replaces the saved dropout rate.
+    """
     path = Path(path)
+    repo = hub_repo(str(path))
+    if repo is not None and not path.exists():
+        path = download(repo, [CONFIG, WEIGHTS])
     config = _read_config(path)
     tensors = _read_weights(path)
     if config.get("model_type") == "bigram":
@@ -170,9 +182,20 @@ def load_model(path: str | os.PathLike):
         return model
     if config.get("model_type") != "gpt2":
         raise UserError(f"{path / CONFIG}: model_type {config.get('model_type')!r} is not gpt2")
-    model = GPT(gpt_config_from_hf(config))
+    saved = gpt_config_from_hf(config)
+    model = GPT(saved)
     model.load_state_dict(from_hf_state_dict(tensors, model), strict=False)  # strict=False: lm_head is tied
-    return model
+    if block_size is None and dropout is None:
+        return model
+    if block_size is not None and block_size > saved.block_size:
+        raise UserError(f"--block-size {block_size} is longer than this model's context ({saved.block_size})")
+    wanted = GPTConfig(**{**saved.to_dict(), "block_size": block_size or saved.block_size,
+                          "dropout": saved.dropout if dropout is None else dropout})
+    resized = GPT(wanted)
+    state = model.state_dict()
+    state["transformer.wpe.weight"] = state["transformer.wpe.weight"][: wanted.block_size]
+    resized.load_state_dict(state)
+    return resized
 
 
 def load_checkpoint(path: str | os.PathLike):
@@ -194,7 +217,7 @@ def load_checkpoint(path: str | os.PathLike):
 def _read_config(path: Path) -> dict:
     if not path.is_dir():
         raise UserError(f"no checkpoint folder at {path} (train one with: python src/train.py --out-dir {path})")
-    if not (path / CONFIG).exists() or not (path / WEIGHTS).exists():
+    if not (path / CONFIG).exists() or not any((path / name).exists() for name in (WEIGHTS, LEGACY_WEIGHTS)):
         raise UserError(
             f"no checkpoint in {path}: expected {CONFIG} and {WEIGHTS} "
             f"(train one with: python src/train.py --out-dir {path})"
@@ -203,10 +226,18 @@ def _read_config(path: Path) -> dict:
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of `model.safetensors`, or of an older folder's `pytorch_model.bin`.
+
+    A .bin file is a pickle, and unpickling can run arbitrary code; `weights_only=True` makes PyTorch
+    accept nothing but tensors and plain containers, so a malicious file fails to load instead.
+    """
+    file = path / WEIGHTS if (path / WEIGHTS).exists() else path / LEGACY_WEIGHTS
     try:
-        return load_file(path / WEIGHTS)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise UserError(f"{path / WEIGHTS} is corrupt or truncated ({err}); re-train or restore it") from None
+        if file.name == WEIGHTS:
+            return load_file(file)
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, garbage, or refused by weights_only: to the user it is all "corrupt"
+        raise UserError(f"{file} is corrupt or truncated ({str(err)[:200]}); re-train or restore it") from None
 
 
 def _read_json(file: Path) -> dict:

@@ -1,8 +1,9 @@
 """Training settings: one dataclass holds them, argparse fills it from the command line.
 
 Every field has a default, so `python src/train.py` runs as is; `python src/train.py --help` lists the
-flags. The parser rejects impossible values (a negative size, d_model not divisible by n_head) before any
-work starts. The resolved settings are saved with every checkpoint (`training.json`).
+flags. A `--preset` swaps in a whole set of defaults (see PRESETS); flags given on the command line
+still win over it. The parser rejects impossible values (a negative size, d_model not divisible by
+n_head) before any work starts. The resolved settings are saved with every checkpoint (`training.json`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,14 @@ from dataclasses import asdict, dataclass, fields
 
 @dataclass
 class TrainConfig:
+    preset: str = "cpu"
     # data and output
-    data: str | None = None  # None: data/data.txt if present, else the default Shakespeare corpus
+    data: str | None = None  # a text file or a folder of *.txt; None: data/data.txt, else Shakespeare
     out_dir: str = "out"
+    tokenizer: str = "char"  # "char", "bpe" (trained here on the training split) or "gpt2"
+    vocab_size: int = 512  # for --tokenizer bpe
+    init_from: str | None = None  # fine-tune: "gpt2", "gpt2-medium", ... or a checkpoint folder
+    resume: bool = False
     # model
     model: str = "gpt"  # "gpt" or "bigram"
     n_layer: int = 4
@@ -24,21 +30,26 @@ class TrainConfig:
     block_size: int = 256  # context length
     dropout: float = 0.0
     # optimisation
-    batch_size: int = 16
+    batch_size: int = 16  # sequences per micro-batch, per process
+    tokens_per_step: int | None = None  # tokens per optimizer step; None = one micro-batch per process
     lr: float = 1e-3  # peak learning rate of AdamW
     min_lr: float | None = None  # end of the cosine decay; None = lr / 10
     warmup_iters: int = 100
     weight_decay: float = 0.1
+    beta2: float = 0.99
     grad_clip: float = 1.0  # clip the gradient norm to this (0 = off)
     max_iters: int = 2000
+    max_bad_steps: int = 5  # stop after this many non-finite steps in a row
     # evaluation, logging and sampling
     eval_interval: int = 250
     eval_iters: int = 20
     log_interval: int = 10
-    sample_tokens: int = 500  # characters/tokens printed as a sample at the end (0 = none)
+    sample_tokens: int = 500  # tokens printed as a sample at the end (0 = none)
     # machine
     device: str = "auto"
     dtype: str = "auto"
+    compile: str = "auto"
+    peak_flops: float | None = None  # for the utilisation figure; None = measured (CPU) or looked up (GPU)
     seed: int = 1337
 
     def to_dict(self) -> dict:
@@ -47,6 +58,36 @@ class TrainConfig:
     @property
     def final_min_lr(self) -> float:
         return self.lr / 10 if self.min_lr is None else self.min_lr
+
+
+# Named sets of defaults. Each one is a complete recipe; command-line flags override single values.
+PRESETS: dict[str, dict] = {
+    # The default: the user's batch 16, context 256, lr 1e-3, sized to train in under 10 minutes on a
+    # 2-core laptop CPU (see the README for the measured run).
+    "cpu": {},
+    # Best validation loss within 300 s of training on a 2-core CPU (tiny Shakespeare, char level).
+    "quality-300s": dict(
+        n_layer=4, n_head=4, d_model=256, block_size=256, batch_size=16, lr=2e-3, min_lr=2e-4,
+        warmup_iters=100, max_iters=1700, eval_interval=425, beta2=0.99,
+    ),
+    # nanoGPT's shakespeare-char configuration, for a GPU.
+    "shakespeare-char": dict(
+        n_layer=6, n_head=6, d_model=384, block_size=256, batch_size=64, lr=1e-3, min_lr=1e-4,
+        warmup_iters=100, max_iters=5000, dropout=0.2, eval_interval=250, eval_iters=200, beta2=0.99,
+    ),
+    # GPT-2 124M as trained by build-nanogpt: 0.5M tokens per step (by gradient accumulation).
+    "gpt2-124m": dict(
+        tokenizer="gpt2", n_layer=12, n_head=12, d_model=768, block_size=1024, batch_size=16,
+        tokens_per_step=524288, lr=6e-4, min_lr=6e-5, warmup_iters=715, max_iters=19073,
+        weight_decay=0.1, beta2=0.95, eval_interval=250, eval_iters=20,
+    ),
+    # Fine-tuning released weights on your own text (chosen automatically with --init-from): a small
+    # constant learning rate and a short run, so the model learns your style without forgetting English.
+    "finetune": dict(
+        batch_size=8, block_size=256, lr=3e-5, min_lr=3e-5, warmup_iters=10, max_iters=300,
+        weight_decay=0.0, beta2=0.95, eval_interval=50, eval_iters=20, sample_tokens=200,
+    ),
+}
 
 
 def _positive_int(text: str) -> int:
@@ -88,12 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(
         prog="python src/train.py",
-        description="Train a character-level GPT (or the bigram baseline) on a text file.",
+        description="Train a GPT (or the bigram baseline) on a text file, or fine-tune GPT-2 on it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    p.add_argument("--preset", choices=list(PRESETS), default=d.preset,
+                   help="a named set of defaults (flags still override); --init-from implies finetune")
     g = p.add_argument_group("data and output")
-    g.add_argument("--data", default=d.data, help="training text (UTF-8); default: data/data.txt, else Shakespeare")
+    g.add_argument("--data", default=d.data,
+                   help="training text (UTF-8) or a folder of *.txt files; default: data/data.txt, else Shakespeare")
     g.add_argument("--out-dir", default=d.out_dir, help="checkpoint, metrics.jsonl and loss.png go here")
+    g.add_argument("--tokenizer", choices=["char", "bpe", "gpt2"], default=d.tokenizer,
+                   help="char: one token per character; bpe: byte-level BPE trained on your text; gpt2: GPT-2's")
+    g.add_argument("--vocab-size", type=_positive_int, default=d.vocab_size, help="vocabulary size for --tokenizer bpe")
+    g.add_argument("--init-from", default=d.init_from,
+                   help="fine-tune: gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a checkpoint folder")
+    g.add_argument("--resume", action="store_true", help="continue the run saved in --out-dir exactly where it stopped")
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=["gpt", "bigram"], default=d.model, help="GPT-2 or the bigram baseline")
     g.add_argument("--n-layer", type=_positive_int, default=d.n_layer, help="number of transformer blocks")
@@ -102,13 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--block-size", type=_positive_int, default=d.block_size, help="context length in tokens")
     g.add_argument("--dropout", type=_probability, default=d.dropout, help="dropout probability while training")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="sequences per step")
+    g.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="sequences per micro-batch")
+    g.add_argument("--tokens-per-step", type=_positive_int, default=d.tokens_per_step,
+                   help="tokens per optimizer step, reached by gradient accumulation (default: one micro-batch)")
     g.add_argument("--lr", type=_positive_float, default=d.lr, help="peak learning rate (AdamW)")
     g.add_argument("--min-lr", type=_non_negative_float, default=d.min_lr, help="final LR (default lr/10)")
     g.add_argument("--warmup-iters", type=_non_negative_int, default=d.warmup_iters, help="linear LR warmup steps")
     g.add_argument("--weight-decay", type=_non_negative_float, default=d.weight_decay, help="AdamW decay (2-D weights)")
+    g.add_argument("--beta2", type=_probability, default=d.beta2, help="AdamW beta2")
     g.add_argument("--grad-clip", type=_non_negative_float, default=d.grad_clip, help="max gradient norm (0 = off)")
-    g.add_argument("--max-iters", type=_positive_int, default=d.max_iters, help="training steps")
+    g.add_argument("--max-iters", type=_positive_int, default=d.max_iters, help="optimizer steps")
+    g.add_argument("--max-bad-steps", type=_positive_int, default=d.max_bad_steps,
+                   help="stop after this many non-finite losses/gradients in a row")
     g = p.add_argument_group("evaluation and logging")
     g.add_argument("--eval-interval", type=_positive_int, default=d.eval_interval, help="steps between evaluations")
     g.add_argument("--eval-iters", type=_positive_int, default=d.eval_iters, help="batches per evaluation")
@@ -116,21 +171,33 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample-tokens", type=_non_negative_int, default=d.sample_tokens, help="sample length at the end")
     g = p.add_argument_group("machine")
     g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=d.device, help="where to train")
-    g.add_argument(
-        "--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=d.dtype,
-        help="autocast precision; auto = bf16 where the hardware has it, else float32",
-    )
+    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=d.dtype,
+                   help="autocast precision; auto = bf16 where the hardware has it, else float32")
+    g.add_argument("--compile", choices=["auto", "on", "off"], default=d.compile,
+                   help="torch.compile the training step; auto = on for CUDA, off on CPU")
+    g.add_argument("--peak-flops", type=_positive_float, default=d.peak_flops,
+                   help="hardware peak FLOP/s for the utilisation figure (default: measured or looked up)")
     g.add_argument("--seed", type=int, default=d.seed, help="random seed: same seed, same run")
     return p
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """Command line -> TrainConfig, or exit with a usage error for impossible values."""
+    # First pass: which preset? (--init-from without a preset means fine-tuning.)
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--preset", choices=list(PRESETS))
+    first.add_argument("--init-from")
+    known, _ = first.parse_known_args(argv)
+    preset = known.preset or ("finetune" if known.init_from else "cpu")
+
     parser = build_parser()
+    parser.set_defaults(preset=preset, **PRESETS[preset])
     args = parser.parse_args(argv)
     if args.d_model % args.n_head != 0:
         parser.error(f"--d-model ({args.d_model}) must be divisible by --n-head ({args.n_head})")
     if args.min_lr is not None and args.min_lr > args.lr:
         parser.error(f"--min-lr ({args.min_lr}) must not exceed --lr ({args.lr})")
+    if args.tokenizer == "bpe" and args.vocab_size < 257:
+        parser.error(f"--vocab-size must be at least 257 for a byte-level BPE (256 bytes + 1), got {args.vocab_size}")
     names = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})

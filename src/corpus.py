@@ -78,6 +78,17 @@ def markdown_play_to_text(markdown: str) -> str:
     return "\n".join(speeches)
 
 
+def read_documents(path: str | os.PathLike) -> list[str]:
+    """The texts to train on: one file, or every `*.txt` file of a folder (sorted by name)."""
+    path = Path(path)
+    if not path.is_dir():
+        return [read_text(path)]
+    files = sorted(path.glob("*.txt"))
+    if not files:
+        raise UserError(f"the folder {path} has no *.txt files to train on")
+    return [read_text(file) for file in files]
+
+
 def read_text(path: str | os.PathLike) -> str:
     """Read a UTF-8 training text, or raise a `UserError` that says what is wrong with the file."""
     path = Path(path)

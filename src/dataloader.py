@@ -15,9 +15,14 @@ Tokens are kept in a NumPy array (uint16 when the vocabulary fits in 16 bits: 2 
 
 from __future__ import annotations
 
+import hashlib
+import struct
+from pathlib import Path
+
 import numpy as np
 import torch
 
+from src.corpus import atomic_write_bytes
 from src.errors import UserError
 
 VAL_FRACTION = 0.1
@@ -27,6 +32,60 @@ def token_array(ids, vocab_size: int) -> np.ndarray:
     """Token ids as a compact NumPy array: uint16 when every id fits in 16 bits, else int32."""
     dtype = np.uint16 if vocab_size <= 2**16 else np.int32
     return np.asarray(ids, dtype=dtype)
+
+
+# --- token files: tokenize a corpus once, memory-map it afterwards ----------------------------------------
+#
+# Tokenizing hundreds of megabytes with a pure-Python BPE takes minutes, so the result is cached in a
+# binary file: a 32-byte header, then the ids. The header makes the file self-describing and checkable:
+#     magic b"GPT2TOK\0" | version (uint32) | bytes per id (uint32: 2 = uint16, 4 = int32) | count (uint64)
+#     | 8 bytes reserved
+# `np.memmap` maps the ids without reading them into memory; the OS pages them in as batches need them.
+
+TOKEN_MAGIC = b"GPT2TOK\0"
+TOKEN_VERSION = 1
+HEADER = struct.Struct("<8sIIQ8x")  # little-endian: magic, version, itemsize, count, padding -> 32 bytes
+
+
+def write_token_file(path: str | Path, tokens: np.ndarray) -> None:
+    """Write ids (uint16 or int32) with the header, atomically."""
+    header = HEADER.pack(TOKEN_MAGIC, TOKEN_VERSION, tokens.dtype.itemsize, len(tokens))
+    atomic_write_bytes(path, header + tokens.astype(tokens.dtype.newbyteorder("<"), copy=False).tobytes())
+
+
+def read_token_file(path: str | Path) -> np.ndarray:
+    """Memory-map a token file, checking its header and that its size matches the count."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        raw = f.read(HEADER.size)
+    if len(raw) < HEADER.size:
+        raise UserError(f"{path} is not a token file (too short)")
+    magic, version, itemsize, count = HEADER.unpack(raw)
+    if magic != TOKEN_MAGIC or version != TOKEN_VERSION or itemsize not in (2, 4):
+        raise UserError(f"{path} is not a version-{TOKEN_VERSION} token file")
+    if path.stat().st_size != HEADER.size + itemsize * count:
+        raise UserError(f"{path} is truncated: the header says {count} tokens")
+    dtype = np.dtype("<u2") if itemsize == 2 else np.dtype("<i4")
+    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER.size, shape=(count,))
+
+
+def cached_tokens(text: str, tokenizer, cache_dir: str | Path) -> np.ndarray:
+    """The ids of `text` as a NumPy array, from the cache when the same text and tokenizer were seen
+    before. The key is a hash of both, so a changed text or tokenizer never reuses stale ids.
+
+    Special-token strings in a training corpus are encoded as special tokens: "<|endoftext|>" between
+    documents is how GPT-2 learned where one text ends and the next begins.
+    """
+    key = hashlib.sha256(text.encode("utf-8") + tokenizer.to_json().encode("utf-8")).hexdigest()[:24]
+    path = Path(cache_dir) / f"{key}.tokens"
+    if path.exists():
+        try:
+            return read_token_file(path)
+        except UserError:
+            pass  # a damaged cache file is simply rebuilt
+    tokens = token_array(tokenizer.encode(text, allowed_special="all"), tokenizer.vocab_size)
+    write_token_file(path, tokens)
+    return read_token_file(path)
 
 
 def train_val_split(tokens: np.ndarray, val_fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:

@@ -8,52 +8,93 @@
 The same loop serves every model in this project (bigram and GPT): all it needs is a model that maps
 (B, T) token ids to (B, T, V) logits and has a `block_size`. The context is cropped to the last
 `block_size` tokens, so generation can run for any number of tokens.
+
+With a KV cache (GPT only, `use_cache=True`, the default) the loop computes the same thing faster:
+1. prefill: run the whole prompt once, keeping every layer's keys and values in the cache;
+2. decode: from then on feed only the newest token, at position `cache.pos`;
+3. slide: once the cache holds block_size tokens, there is no position left for a new token. Like the
+   uncached loop, the model must then see the last block_size tokens, at positions 0..block_size-1 (its
+   position embeddings are absolute), so the cache is emptied and those tokens are prefilled again.
+   Past block_size every step therefore costs a full forward pass, exactly as without a cache.
+Both paths see exactly the same context at every step, so they produce the same tokens (a test checks).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
-from src.sampling import check_sampling_args, sample_next_token
+from src.sampling import apply_repetition_penalty, check_sampling_args, sample_next_token
 
 
-@torch.no_grad()  # no gradients while sampling: faster, and no memory kept for a backward pass
-def generate(
+def make_generators(seed: int | list[int] | None, batch_size: int, device) -> list[torch.Generator] | None:
+    """One random generator per row. Row i with seed s draws the same tokens whether it is generated
+    alone or in a batch, so `--num-samples 4` gives the same 4 texts as 4 single runs with seeds s..s+3."""
+    if seed is None:
+        return None
+    seeds = [seed + i for i in range(batch_size)] if isinstance(seed, int) else list(seed)
+    if len(seeds) != batch_size:
+        raise ValueError(f"got {len(seeds)} seeds for a batch of {batch_size}")
+    return [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+
+@torch.inference_mode()  # no autograd bookkeeping while sampling: faster, and no memory kept
+def generate_tokens(
     model,
-    idx,
+    idx: torch.Tensor,
     max_new_tokens: int,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    seed: int | None = None,
-):
+    seed: int | list[int] | None = None,
+    repetition_penalty: float = 1.0,
+    use_cache: bool = True,
+) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row, (B, 1), `max_new_tokens` times. idx: (B, T) prompt ids."""
+    check_sampling_args(temperature, top_k, top_p, repetition_penalty)
+    if idx.dim() != 2 or idx.shape[1] == 0:
+        raise ValueError(f"the prompt must be a non-empty (B, T) tensor, got shape {tuple(idx.shape)}")
+    generators = make_generators(seed, idx.shape[0], idx.device)
+    block_size = model.block_size
+    cache = model.new_kv_cache(idx.shape[0]) if use_cache and hasattr(model, "new_kv_cache") else None
+
+    was_training = model.training
+    model.eval()  # dropout off: generation uses the whole model
+    try:
+        for _ in range(max_new_tokens):
+            if cache is None:
+                logits, _ = model(idx[:, -block_size:])  # (B, T, V): the model cannot see further back
+            elif cache.pos == 0 or cache.pos == block_size:  # prefill (first step, or after a slide)
+                cache.reset()
+                logits, _ = model(idx[:, -block_size:], cache=cache, last_only=True)  # (B, 1, V)
+            else:  # decode: only the newest token is new to the model
+                logits, _ = model(idx[:, -1:], cache=cache, last_only=True)  # (B, 1, V)
+            logits = logits[:, -1, :]  # (B, V)
+            if repetition_penalty != 1.0:
+                logits = apply_repetition_penalty(logits, idx, repetition_penalty)
+            next_id = sample_next_token(logits, temperature, top_k, top_p, generator=generators)  # (B, 1)
+            idx = torch.cat([idx, next_id], dim=1)  # (B, T + 1)
+            yield next_id
+    finally:
+        model.train(was_training)
+
+
+def generate(model, idx, max_new_tokens: int, **options):
     """Continue the prompt `idx` by `max_new_tokens` tokens.
 
     idx: a list of ints (returns a list of ints, prompt included) or a LongTensor of shape (B, T)
     (returns a LongTensor of shape (B, T + max_new_tokens)).
-    temperature: 0 picks the most likely token (greedy); higher values make the text more random.
-    top_k: sample only among the k most likely tokens. top_p: only among the smallest set of tokens whose
-    probabilities add up to at least p. seed: makes the sampling reproducible.
+    Options (see `generate_tokens`): temperature (0 = always the likeliest token; higher = more random),
+    top_k (sample among the k likeliest), top_p (among the smallest set with probability >= p),
+    seed (reproducible; an int, or one per row), repetition_penalty, use_cache.
     """
-    check_sampling_args(temperature, top_k, top_p)
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    device = next(model.parameters()).device
     as_list = not isinstance(idx, torch.Tensor)
     if as_list:
+        device = next(model.parameters()).device
         idx = torch.tensor([list(idx)], dtype=torch.long, device=device)  # (1, T)
-    if idx.dim() != 2 or idx.shape[1] == 0:
-        raise ValueError(f"the prompt must be a non-empty (B, T) tensor or list of ids, got shape {tuple(idx.shape)}")
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
-
-    was_training = model.training
-    model.eval()  # dropout off: generation should use the whole model
-    for _ in range(max_new_tokens):
-        idx_cond = idx[:, -model.block_size :]  # (B, <=block_size): the model cannot see further back
-        logits, _ = model(idx_cond)  # (B, T, V)
-        next_id = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator=generator)  # (B, 1)
-        idx = torch.cat([idx, next_id], dim=1)  # (B, T + 1)
-    model.train(was_training)
-    return idx[0].tolist() if as_list else idx
+    new = list(generate_tokens(model, idx, max_new_tokens, **options))  # max_new_tokens x (B, 1)
+    out = torch.cat([idx, *new], dim=1)  # (B, T + max_new_tokens)
+    return out[0].tolist() if as_list else out

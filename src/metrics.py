@@ -13,7 +13,7 @@ import json
 import math
 from pathlib import Path
 
-from src.corpus import atomic_write_bytes
+from src.corpus import atomic_write_bytes, atomic_write_text
 
 
 def bits(loss_nats: float, tokens_per_unit: float) -> float:
@@ -28,14 +28,16 @@ def bits(loss_nats: float, tokens_per_unit: float) -> float:
 class MetricsLog:
     """Appends rows to `metrics.jsonl`; keeps them in memory for the plot."""
 
-    def __init__(self, path: str | Path, resume: bool = False):
+    def __init__(self, path: str | Path, resume: bool = False, keep_until: int = 0):
+        """A fresh log, or with `resume` the existing one up to step `keep_until` (rows logged after the
+        last save are dropped: the resumed run will compute them again)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict] = []
         if resume and self.path.exists():
-            self.rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-        else:
-            self.path.write_text("")
+            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            self.rows = [r for r in rows if r["step"] <= keep_until]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
     def log(self, **row) -> None:
         row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}

@@ -55,6 +55,48 @@ class GPTConfig:
         return asdict(self)
 
 
+def causal_mask(T: int, start: int, device: torch.device) -> dict:
+    """Arguments for `scaled_dot_product_attention` that let query i (at position start + i) see keys 0..start+i.
+
+    With no cached keys (start = 0) that is the usual lower-triangular mask (`is_causal=True`). One new
+    query after a cache sees every key, so it needs no mask. Several new queries after a cache need the
+    triangle shifted right by `start` (`is_causal` would align it to the top left, which is wrong there).
+    """
+    if start == 0:
+        return {"is_causal": T > 1}
+    if T == 1:
+        return {}
+    return {"attn_mask": torch.ones(T, start + T, dtype=torch.bool, device=device).tril(diagonal=start)}
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, for every layer, so generation computes each token once.
+
+    Without a cache, producing token t+1 runs the model over all t tokens again. But the keys and values
+    of earlier tokens never change (a token only attends backwards), so we store them and feed the model
+    just the newest token. Memory is allocated once, for the whole context, per layer:
+    k, v: (n_layer, B, nh, block_size, hs). `pos` counts the positions filled, which is also the position
+    (for the position embedding) of the next token.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, device, dtype: torch.dtype = torch.float32):
+        hs = config.d_model // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, hs)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nh, T, hs) at positions pos..pos+T of `layer`; return all keys/values up to there."""
+        end = self.pos + k.shape[2]
+        self.k[layer, :, :, self.pos : end] = k
+        self.v[layer, :, :, self.pos : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, nh, end, hs) each
+
+    def reset(self) -> None:
+        self.pos = 0
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head attention where each position may only look at itself and earlier positions.
 
@@ -73,23 +115,27 @@ class CausalSelfAttention(nn.Module):
         self.c_proj.residual_projection = True  # marker for the scaled init in GPT._init_weights
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
-        # Split the channels into heads. view() cuts C into (nh, hs); transpose(1, 2) moves the head axis
-        # before time so each head is an independent (T, hs) problem. (A direct view to (B, nh, T, hs)
-        # would be wrong: it would mix tokens and heads, because C is the innermost axis in memory.)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        # softmax(q k^T / sqrt(hs) + causal mask) v, in one fused kernel. is_causal=True masks the future
-        # with -inf (never a finite -1e4, which a model can learn to defeat).
+        qkv = self.c_attn(x)  # (B, T, 3C): q, k and v side by side, each C wide
+        # Split the channels into q/k/v and heads. view() cuts 3C into (3, nh, hs); permute() moves the
+        # q/k/v axis first and the head axis before time, so each head is an independent (T, hs) problem.
+        # (A direct view to (B, nh, T, hs) would be wrong: it would mix tokens and heads, because the
+        # channels are the innermost axis in memory.)
+        qkv = qkv.view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
+        q, k, v = qkv.unbind(0)  # 3 x (B, nh, T, hs)
+        start = 0
+        if cache is not None:  # generation: keep this step's keys/values, attend over all kept so far
+            start = cache.pos
+            k, v = cache.append(layer, k, v)  # (B, nh, start + T, hs) each
+        # softmax(q k^T / sqrt(hs) + causal mask) v, in one fused kernel. The causal mask sets the future
+        # to -inf (never a finite -1e4, which a model can learn to defeat).
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, **causal_mask(T, start, x.device)
         )  # (B, nh, T, hs)
         # Put the heads side by side again: (B, nh, T, hs) -> (B, T, nh, hs) -> (B, T, C).
-        # contiguous() is needed because transpose only changed the strides, and view needs real order.
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        # reshape copies the data into the new order, because transpose only changed the strides.
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))  # (B, T, C)
 
 
@@ -123,8 +169,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.d_model, eps=1e-5)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))  # (B, T, C)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)  # (B, T, C)
         x = x + self.mlp(self.ln_2(x))  # (B, T, C)
         return x
 
@@ -183,19 +229,33 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())  # parameters() already yields shared tensors once
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx: (B, T) token ids. targets: (B, T) next-token ids or None. Returns (logits (B, T, V), loss)."""
+        """idx: (B, T) token ids. targets: (B, T) next-token ids or None. Returns (logits (B, T, V), loss).
+
+        For generation: `cache` holds the keys/values of earlier tokens (idx continues after them), and
+        `last_only` computes logits for the last position only, the one generation samples from.
+        """
         B, T = idx.shape
-        if T > self.config.block_size:
+        start = cache.pos if cache is not None else 0
+        if start + T > self.config.block_size:
             raise ValueError(
-                f"sequence of {T} tokens is longer than the context length block_size={self.config.block_size}"
+                f"sequence of {start + T} tokens is longer than the context length "
+                f"block_size={self.config.block_size}"
             )
-        pos = torch.arange(T, device=idx.device)  # (T,)
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C) + (T, C) -> (B, T, C)
         x = self.transformer.drop(x)
-        for block in self.transformer.h:
-            x = block(x)  # (B, T, C)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, cache, layer)  # (B, T, C)
+        if cache is not None:
+            cache.pos += T
+        if last_only:
+            x = x[:, -1:, :]  # (B, 1, C)
         x = self.transformer.ln_f(x)  # (B, T, C)
         logits = self.lm_head(x)  # (B, T, V)
         loss = None
@@ -203,6 +263,11 @@ class GPT(nn.Module):
             # Cross-entropy in float32 even under bf16 autocast: the log-softmax over V needs the precision.
             loss = F.cross_entropy(logits.float().view(B * T, -1), targets.reshape(B * T))
         return logits, loss
+
+    def new_kv_cache(self, batch_size: int) -> KVCache:
+        """An empty KV cache for generating `batch_size` sequences with this model."""
+        weight = self.transformer.wte.weight
+        return KVCache(self.config, batch_size, weight.device, weight.dtype)
 
     def generate(self, idx, max_new_tokens: int, **sampling):
         """Continue `idx` by `max_new_tokens` tokens. See `src.generate.generate` for the options."""

@@ -16,7 +16,7 @@ import torch
 
 
 def configure_optimizer(
-    model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device, betas=(0.9, 0.95)
+    model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device, beta2: float = 0.95
 ) -> torch.optim.AdamW:
     """AdamW with two parameter groups: >=2-D tensors decay, 1-D tensors (biases, LayerNorm) do not."""
     params = [p for p in model.parameters() if p.requires_grad]  # a tied tensor appears once
@@ -28,7 +28,7 @@ def configure_optimizer(
     ]
     # The fused kernel does the whole update in one pass on CUDA; on CPU the default is fine.
     fused = device.type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, **({"fused": True} if fused else {}))
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, beta2), **({"fused": True} if fused else {}))
 
 
 def lr_at(step: int, lr: float, min_lr: float, warmup_iters: int, decay_iters: int) -> float:

@@ -59,8 +59,12 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(self.chars)
 
-    def encode(self, text: str, unknown: str = "error") -> list[int]:
-        """Text -> list of ids. `unknown`: "error" (default) or "replace" for unseen characters."""
+    def encode(self, text: str, unknown: str = "error", allowed_special=None) -> list[int]:
+        """Text -> list of ids. `unknown`: "error" (default) or "replace" for unseen characters.
+
+        (`allowed_special` is accepted so that both tokenizers can be called alike; a char vocabulary
+        has no special tokens.)
+        """
         try:
             return [self.stoi[ch] for ch in text]
         except KeyError:
@@ -82,14 +86,22 @@ class CharTokenizer:
         except KeyError as err:
             raise UserError(f"token id {err.args[0]} is outside the vocabulary (size {self.vocab_size})") from None
 
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Same as `encode`: a char vocabulary has no special tokens (the BPE tokenizer's API has both)."""
+        return self.encode(text)
+
     def to_dict(self) -> dict:
         return {"type": self.kind, "version": FORMAT_VERSION, "chars": self.chars}
 
+    def to_json(self) -> str:
+        """The vocabulary as human-readable JSON, one character per line."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n"
+
     def save(self, path: str | os.PathLike) -> None:
-        """Write the vocabulary as human-readable JSON (atomically)."""
+        """Write the vocabulary file (atomically)."""
         from src.corpus import atomic_write_text
 
-        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n")
+        atomic_write_text(path, self.to_json())
 
     @classmethod
     def from_dict(cls, data: dict) -> CharTokenizer:

@@ -1,0 +1,101 @@
+"""Generation speed: our KV-cached decoding vs Hugging Face `transformers` on identical random weights.
+
+    python bench/generate.py [--tokens 200] [--repeats 5] [--threads N]
+
+For two shapes (the 6-layer/384-wide/context-256 char model, and GPT-2 124M), batch 1, a 1-token prompt,
+sampling at temperature 1: tokens/s of ours with the cache, ours without, ours with bf16 weights, and HF
+`generate` with its cache (and without, for the small shape). Median of `--repeats` runs. The same
+weights go into both (saved by us as a Hugging Face folder, loaded by `transformers`), and greedy
+continuations are compared token for token in float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from src.checkpoint import save_checkpoint  # noqa: E402
+from src.model import GPT, GPTConfig  # noqa: E402
+from src.tokenizer import CharTokenizer  # noqa: E402
+
+SHAPES = {
+    "char 6L/384/ctx256": GPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, d_model=384),
+    "GPT-2 124M": GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, d_model=768),
+}
+
+
+def median_tokens_per_s(fn, n_tokens: int, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return n_tokens / statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from transformers import GPT2LMHeadModel
+
+    n = args.tokens
+    rows = []
+    for name in args.shapes:
+        config = SHAPES[name]
+        torch.manual_seed(0)
+        ours = GPT(config).eval()
+        with tempfile.TemporaryDirectory() as folder:
+            save_checkpoint(folder, ours, CharTokenizer([chr(i) for i in range(config.vocab_size)]))
+            hf = GPT2LMHeadModel.from_pretrained(folder).eval()
+        prompt = torch.tensor([[0]])  # (1, 1)
+
+        greedy_ours = ours.generate(prompt, 20, temperature=0)
+        greedy_hf = hf.generate(prompt, max_new_tokens=20, min_new_tokens=20, do_sample=False, pad_token_id=0)
+        same = torch.equal(greedy_ours, greedy_hf)
+
+        def hf_run(use_cache: bool):
+            return lambda: hf.generate(
+                prompt, max_new_tokens=n, min_new_tokens=n, do_sample=True, top_k=0, use_cache=use_cache,
+                pad_token_id=0,
+            )
+
+        row = {"shape": name, "greedy equal": same}
+        row["ours cached"] = median_tokens_per_s(lambda: ours.generate(prompt, n, seed=1), n, args.repeats)
+        row["hf cached"] = median_tokens_per_s(hf_run(True), n, args.repeats)
+        if name.startswith("char"):
+            row["ours no cache"] = median_tokens_per_s(
+                lambda: ours.generate(prompt, n, seed=1, use_cache=False), n, args.repeats
+            )
+            row["hf no cache"] = median_tokens_per_s(hf_run(False), n, args.repeats)
+        bf16 = GPT(config).eval()
+        bf16.load_state_dict(ours.state_dict())
+        bf16.to(torch.bfloat16)
+        row["ours bf16 cached"] = median_tokens_per_s(lambda: bf16.generate(prompt, n, seed=1), n, args.repeats)
+        rows.append(row)
+
+    print(f"\ntokens/s, batch 1, 1-token prompt, {n} new tokens, sampling, median of {args.repeats}, "
+          f"{args.threads} threads, torch {torch.__version__}")
+    cols = ["ours cached", "ours bf16 cached", "ours no cache", "hf cached", "hf no cache"]
+    print(f"| shape | {' | '.join(cols)} | ours/hf (fp32) | greedy tokens equal (fp32) |")
+    print("|---" * (len(cols) + 3) + "|")
+    for r in rows:
+        cells = [f"{r[c]:.1f}" if c in r else "-" for c in cols]
+        print(f"| {r['shape']} | {' | '.join(cells)} | {r['ours cached'] / r['hf cached']:.2f}x | {r['greedy equal']} |")
+
+
+if __name__ == "__main__":
+    main()
