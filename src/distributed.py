@@ -67,3 +67,14 @@ def any_across(flag: bool, info: Dist) -> bool:
         t = t.cuda()
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def gather_to_main(tensor: torch.Tensor, info: Dist) -> list[torch.Tensor]:
+    """Every process's copy of a same-shaped tensor, as a list on the main process (used to save each
+    process's data-loader position). Each process gets the list; only the main one uses it."""
+    if not info.enabled:
+        return [tensor]
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    parts = [torch.empty_like(tensor, device=device) for _ in range(info.world_size)]
+    dist.all_gather(parts, tensor.to(device))
+    return [part.cpu() for part in parts]

@@ -83,15 +83,19 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], values: dict) -> dict
 
 
 def save_state(
-    path: str | Path, model: torch.nn.Module, optimizer, scaler, loader_state: dict, loop: dict
+    path: str | Path, model: torch.nn.Module, optimizer, scaler, loader_states: list[torch.Tensor], loop: dict
 ) -> None:
-    """Write the complete training state to `path` (one file, atomically)."""
+    """Write the complete training state to `path` (one file, atomically).
+
+    `loader_states`: the data loader's generator state of every process (one entry for one process).
+    """
     tensors = {f"model.{k}": v.detach().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     optim_tensors, optim_values = _flatten_optimizer(optimizer.state_dict())
     tensors.update({k: v.detach().cpu() for k, v in optim_tensors.items()})
     rng_tensors, rng_values = rng_state()
     tensors.update(rng_tensors)
-    tensors["loader.generator"] = loader_state["generator"]
+    for rank, state in enumerate(loader_states):
+        tensors[f"loader.generator.{rank}"] = state
     meta = {
         "version": STATE_VERSION,
         "loop": loop,
@@ -103,8 +107,13 @@ def save_state(
     atomic_write_bytes(path, safetensors_bytes(tensors, metadata={"format": "pt", "state": json.dumps(meta)}))
 
 
-def load_state(path: str | Path, model: torch.nn.Module, optimizer, scaler, loader) -> dict:
-    """Restore everything `save_state` wrote into live objects; return the loop counters."""
+def load_state(
+    path: str | Path, model: torch.nn.Module, optimizer, scaler, loader, rank: int = 0, world_size: int = 1
+) -> dict:
+    """Restore everything `save_state` wrote into live objects; return the loop counters.
+
+    `rank` picks this process's data-loader position; resuming needs as many processes as were saved.
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"nothing to resume: {path} does not exist (train without --resume first)")
@@ -125,6 +134,9 @@ def load_state(path: str | Path, model: torch.nn.Module, optimizer, scaler, load
     optimizer.load_state_dict(_unflatten_optimizer({k: v.to(device) for k, v in tensors.items()}, meta["optimizer"]))
     if meta["scaler"] is not None:
         scaler.load_state_dict(meta["scaler"])
-    loader.load_state_dict({"generator": tensors["loader.generator"]})
+    saved_ranks = sum(1 for k in tensors if k.startswith("loader.generator."))
+    if saved_ranks != world_size:  # each process's slice of the data depends on the number of processes
+        raise UserError(f"{path} was saved by {saved_ranks} process(es); resume with {saved_ranks}, not {world_size}")
+    loader.load_state_dict({"generator": tensors[f"loader.generator.{rank}"]})
     set_rng_state(tensors, meta["rng"])
     return meta["loop"]

@@ -212,11 +212,9 @@ def _train(cfg: TrainConfig, device: torch.device, info: distributed.Dist) -> di
 
     start_step, loop = 0, {"best_val_loss": math.inf, "bad_steps": 0}
     if cfg.resume:
-        loop = load_state(out_dir / STATE_FILE, model, optimizer, scaler, train_loader)
+        loop = load_state(out_dir / STATE_FILE, model, optimizer, scaler, train_loader, info.rank, info.world_size)
         start_step = loop["step"]
         say(f"resumed from {out_dir / STATE_FILE} at step {start_step}")
-        if info.rank > 0:  # each process restores its own data position (saved only by rank 0: approximate)
-            train_loader.generator.manual_seed(cfg.seed + info.rank + start_step)
 
     model_config = getattr(model, "config", None)
     peak, peak_source = peak_flops(device, dtype, cfg.peak_flops)
@@ -252,11 +250,11 @@ def _train(cfg: TrainConfig, device: torch.device, info: distributed.Dist) -> di
             save_checkpoint(out_dir / "best", model, tokenizer, {**summary, "config": cfg.to_dict()})
 
     def save(step: int) -> None:
-        """The latest checkpoint (an HF folder) and the exact training state, on the main process."""
+        """The latest checkpoint (an HF folder) and the exact training state, written by the main process."""
+        loader_states = distributed.gather_to_main(train_loader.state_dict()["generator"], info)
         if info.is_main:
             save_checkpoint(out_dir, model, tokenizer, {"step": step, **summary, "config": cfg.to_dict()})
-            save_state(out_dir / STATE_FILE, model, optimizer, scaler, train_loader.state_dict(),
-                       {**loop, "step": step})
+            save_state(out_dir / STATE_FILE, model, optimizer, scaler, loader_states, {**loop, "step": step})
 
     if start_step == 0:
         evaluate(0)
