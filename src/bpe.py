@@ -68,6 +68,7 @@ from tqdm import tqdm
 
 from src.corpus import CACHE_DIR, atomic_write_bytes, atomic_write_text
 from src.errors import UserError
+from src.hub import download
 from src.tokenizer import _read_json
 
 FORMAT_VERSION = 1
@@ -626,22 +627,15 @@ def gpt2_files(cache_dir: str | os.PathLike | None = None) -> Path:
     folder = Path(cache_dir or os.environ.get("GPT2_TOKENIZER_DIR") or GPT2_CACHE_DIR)
     if _gpt2_layout(folder) is not None:
         return folder
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        problem = "the huggingface_hub package (to download them) is not installed"
-    else:
-        try:
-            for name in GPT2_LAYOUTS[0]:
-                atomic_write_bytes(folder / name, Path(hf_hub_download(GPT2_HUB_REPO, name)).read_bytes())
-            return folder
-        except Exception as err:  # offline, blocked, hub down...: all end in the same advice
-            problem = f"downloading them from the Hugging Face Hub failed ({type(err).__name__})"
-    raise UserError(
-        f"GPT-2's tokenizer files are not in {folder}/ and {problem}: put vocab.json and merges.txt "
-        f"(from https://huggingface.co/{GPT2_HUB_REPO}) or encoder.json and vocab.bpe (from OpenAI's GPT-2 "
-        f"release) into {folder}/, or set GPT2_TOKENIZER_DIR to a folder that holds them"
+    advice = (
+        f"GPT-2's tokenizer files are not in {folder}/ either: put vocab.json and merges.txt (from "
+        f"https://huggingface.co/{GPT2_HUB_REPO}) or encoder.json and vocab.bpe (from OpenAI's GPT-2 release) "
+        f"into {folder}/, or set GPT2_TOKENIZER_DIR to a folder that holds them"
     )
+    downloaded = download(GPT2_HUB_REPO, list(GPT2_LAYOUTS[0]), advice)
+    for name in GPT2_LAYOUTS[0]:  # keep a copy beside our other caches
+        atomic_write_bytes(folder / name, (downloaded / name).read_bytes())
+    return folder
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -25,10 +25,12 @@ def hub_repo(name: str) -> str | None:
     return GPT2_REPOS.get(short)
 
 
-def download(repo_id: str, filenames: list[str]) -> Path:
+def download(repo_id: str, filenames: list[str], advice: str | None = None) -> Path:
     """Download `filenames` of a Hub repository (or find them in the Hub cache); return their folder.
 
-    Raises a UserError that says what to do when the package is missing or the Hub cannot be reached.
+    Raises a UserError that says what went wrong and what to do instead (`advice`, or by default:
+    download the files elsewhere and pass their folder) when the package is missing or the Hub cannot
+    be reached.
     """
     try:
         from huggingface_hub import hf_hub_download
@@ -39,8 +41,8 @@ def download(repo_id: str, filenames: list[str]) -> Path:
             paths = [Path(hf_hub_download(repo_id, name)) for name in filenames]
             return paths[0].parent
         except Exception as err:  # offline, blocked, hub down: all end in the same advice
-            problem = f"downloading from the Hugging Face Hub failed ({type(err).__name__}: {str(err)[:120]})"
-    raise UserError(
-        f"cannot get {', '.join(filenames)} of {repo_id}: {problem}. Offline, download them elsewhere from "
-        f"https://huggingface.co/{repo_id} into one folder and pass that folder's path instead"
+            problem = f"downloading them from the Hugging Face Hub failed ({type(err).__name__})"
+    advice = advice or (
+        f"offline, download them from https://huggingface.co/{repo_id} into one folder and pass that folder instead"
     )
+    raise UserError(f"cannot get {' and '.join(filenames)} of {repo_id}: {problem}; {advice}")
