@@ -51,8 +51,8 @@ def memory_estimate(config, batch_size: int, seq_len: int | None = None, train: 
 
 
 def describe(config, batch_size: int = 1, seq_len: int | None = None, train: bool = True) -> str:
-    """One line for the run header, e.g. '124.4M parameters: weights 0.50 GB, ... total ~2.9 GB'."""
+    """One line for the run header, e.g. '124,439,808 parameters: weights 0.50 GB, ... total ~2.9 GB'."""
     sizes = memory_estimate(config, batch_size, seq_len, train)
     parts = [f"{name} {value / 1e9:.2f} GB" for name, value in sizes.items() if name != "parameters"]
     total = sum(v for k, v in sizes.items() if k != "parameters")
-    return f"{sizes['parameters'] / 1e6:.1f}M parameters: {', '.join(parts)}; total ~{total / 1e9:.2f} GB"
+    return f"{sizes['parameters']:,} parameters: {', '.join(parts)}; total ~{total / 1e9:.2f} GB"

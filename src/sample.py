@@ -1,13 +1,40 @@
 """Generate text from a trained checkpoint: `python src/sample.py --out-dir out --prompt "ROMEO:"`.
 
-Loads the model and its tokenizer from the checkpoint folder that `train.py` wrote, encodes the prompt,
-and prints `--num-samples` continuations. The same `--seed` always gives the same text.
+Loads the model and its tokenizer from the checkpoint folder that `train.py` wrote (or from a Hugging Face
+GPT-2 folder, or a released GPT-2 by name: `--out-dir gpt2`, with GPT-2's own tokenizer), encodes the
+prompt, and prints the prompt followed by its continuation. The same `--seed` always gives the same text.
+
+What the flags do:
+- `--num-samples N` generates N continuations in one batch. Sample i is drawn with seed `--seed` + i, so it
+  is exactly the text a single run with `--seed` + i prints (handy to pick one and reproduce it).
+- `--stop TEXT` (repeatable) ends a continuation just before the first place TEXT appears in it; the stop
+  text itself is not printed. `\\n`, `\\t` and `\\\\` in TEXT mean newline, tab and backslash, so
+  `--stop "\\n\\n"` stops at the first blank line. A tokenizer with GPT-2's "<|endoftext|>" token always
+  stops there too (the model's way of saying "this text is over"). With several samples each one stops on
+  its own; the batch runs until every sample has stopped or `--max-new-tokens` is reached.
+- `--stream` prints the text as it is generated, token by token, and the speed (tokens/s) on stderr at the
+  end. A character can be split across two BPE tokens, so `StreamDecoder` holds back incomplete UTF-8
+  bytes, and text that might be the start of a stop string is held back until it is known not to be.
+  With `--num-samples` > 1 the samples are streamed one after another (sample i still uses seed + i, so
+  the text is the same as without `--stream`).
+- `--interactive` reads prompts from stdin, one per line, and answers each; an empty line or end of
+  input (Ctrl-D) quits. A prompt the model cannot read is reported and the loop goes on. Every prompt is
+  sampled with `--seed`, so the same prompt gets the same answer.
+- `--repetition-penalty P` (> 1) makes tokens already in the text less likely; `--no-cache` turns the
+  KV cache off (slower, same text: a way to see what the cache buys).
+
+stdout holds nothing but the generated text (and `--- sample i ---` headers for several samples), so it
+can be piped or compared; everything else (prompts of `--interactive`, speed, the size of a large model,
+errors) goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python src/sample.py`: make the `src` package importable
@@ -15,31 +42,49 @@ if __package__ in (None, ""):  # run as `python src/sample.py`: make the `src` p
 
 import torch
 
-from src.checkpoint import load_checkpoint
+from src.bpe import StreamDecoder
+from src.checkpoint import CONFIG, TOKENIZER, WEIGHTS, gpt_config_from_hf, load_checkpoint, load_model
 from src.device import resolve_device
 from src.errors import UserError, run_cli
+from src.estimate import describe, param_count
+from src.generate import generate_tokens
+from src.hub import download, hub_repo
 from src.model import GPT
-from src.sampling import check_sampling_args
+from src.sampling import check_sampling_args, find_stop
+
+LARGE_MODEL = 100_000_000  # parameters; above this, say how much memory the model needs before loading it
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python src/sample.py",
-        description="Generate text with a model trained by src/train.py.",
+        description="Generate text with a model trained by src/train.py (or a released GPT-2).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--out-dir", default="out", help="checkpoint folder written by train.py")
+    p.add_argument("--out-dir", default="out",
+                   help="checkpoint folder written by train.py, a Hugging Face GPT-2 folder, or gpt2/gpt2-medium/...")
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", default="", help="text to continue (default: start from a newline)")
     prompt.add_argument("--prompt-file", help="read the prompt from this UTF-8 file")
-    p.add_argument("--max-new-tokens", type=int, default=500, help="how many tokens to generate")
+    prompt.add_argument("--interactive", action="store_true",
+                        help="read prompts from stdin, one per line; an empty line or Ctrl-D quits")
+    p.add_argument("--max-new-tokens", type=int, default=500, help="how many tokens to generate (at most)")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = always the likeliest token; higher = wilder")
     p.add_argument("--top-k", type=int, default=None, help="sample only from the k likeliest tokens")
     p.add_argument("--top-p", type=float, default=None, help="sample only from the smallest set with mass >= p")
-    p.add_argument("--num-samples", type=int, default=1, help="how many continuations to print")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="> 1 makes tokens already in the text less likely (1 = off)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end a continuation before TEXT (repeatable; \\n = newline)")
+    p.add_argument("--num-samples", type=int, default=1, help="how many continuations to print (sample i: seed + i)")
     p.add_argument("--seed", type=int, default=1337, help="random seed: same seed, same text")
+    p.add_argument("--stream", action="store_true", help="print tokens as they are generated; speed on stderr")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole context every step (no KV cache)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu", help="where to run the model")
     return p
+
+
+# --- input ---------------------------------------------------------------------------------------------------
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
@@ -64,31 +109,212 @@ def read_prompt(args) -> str:
         raise UserError(f"prompt file {path} is not UTF-8 (bad byte at offset {err.start})") from None
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    check_sampling_args(args.temperature, args.top_k, args.top_p)
+def unescape(text: str) -> str:
+    r"""The escapes a shell makes awkward to type: \n -> newline, \t -> tab, \\ -> backslash."""
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
+
+
+def check_args(args) -> None:
+    """Every setting that can be wrong, checked before the (possibly slow) model load."""
+    check_sampling_args(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
     if args.max_new_tokens < 0:
         raise UserError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
-    prompt = read_prompt(args)
+    if any(stop == "" for stop in args.stop):
+        raise UserError("--stop must not be empty (an empty string would match at once)")
 
-    model, tokenizer, _ = load_checkpoint(args.out_dir)
+
+# --- the model -------------------------------------------------------------------------------------------------
+
+
+def resolve_folder(name: str) -> Path:
+    """The folder to load: `name` itself, or for a released GPT-2 name its download (a local folder wins)."""
+    path = Path(name)
+    repo = hub_repo(name)
+    if repo is not None and not path.exists():
+        path = download(repo, [CONFIG, WEIGHTS])
+    return path
+
+
+def size_line(path: Path) -> str | None:
+    """'124.4M parameters: weights 0.50 GB; ...' for a large GPT-2 folder, read from config.json alone."""
+    try:
+        hf = json.loads((path / CONFIG).read_text(encoding="utf-8"))
+        config = gpt_config_from_hf(hf) if hf.get("model_type") == "gpt2" else None
+    except (OSError, ValueError, AttributeError, UserError):
+        return None  # load_model reports a broken folder properly
+    if config is None:
+        return None
+    if param_count(config.vocab_size, config.block_size, config.n_layer, config.d_model) <= LARGE_MODEL:
+        return None
+    return describe(config, train=False)
+
+
+def load(out_dir: str):
+    """(model, tokenizer) from a folder `train.py` wrote, or a GPT-2 folder without our tokenizer file."""
+    path = resolve_folder(out_dir)
+    line = size_line(path)
+    if line:
+        print(f"loading {out_dir}: {line}", file=sys.stderr)
+    if (path / TOKENIZER).exists() or not (path / CONFIG).exists():
+        model, tokenizer, _ = load_checkpoint(path)  # also explains a missing or empty folder
+        return model, tokenizer
+    model = load_model(path)  # a Hugging Face GPT-2 folder: it was trained with GPT-2's tokenizer
+    if not isinstance(model, GPT):
+        raise UserError(f"tokenizer file not found: {path / TOKENIZER}")
+    from src.bpe import BPETokenizer
+
+    tokenizer = BPETokenizer.gpt2()
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise UserError(f"{path} has no {TOKENIZER}, and GPT-2's tokenizer ({tokenizer.vocab_size} tokens) does "
+                        f"not fit this model ({model.config.vocab_size} tokens)")
+    return model, tokenizer
+
+
+# --- generation ------------------------------------------------------------------------------------------------
+
+
+class Continuation:
+    """The text of one generated row, decoded as its tokens arrive and cut before the first stop string.
+
+    `add` takes the row's next token; `done` turns True at a stop string, at "<|endoftext|>" or at `finish`.
+    `new_text` returns the text that is final but not yet returned: for streaming, everything except the
+    last (longest stop string - 1) characters, which could still turn out to begin a stop string.
+    """
+
+    def __init__(self, tokenizer, stops: list[str]):
+        self.decoder = StreamDecoder(tokenizer)
+        self.stops = stops
+        self.eot = getattr(tokenizer, "eot_token_id", None)  # None for the char tokenizer
+        self.holdback = max((len(s) for s in stops), default=1) - 1
+        self.text = ""
+        self.shown = 0  # characters of `text` already returned by new_text
+        self.done = False
+
+    def add(self, token: int) -> None:
+        if self.done:
+            return  # the batch goes on for other rows; this one has ended
+        if token == self.eot:
+            self.finish()
+            return
+        self.text += self.decoder.push(token)
+        self._cut()
+
+    def finish(self) -> None:
+        """End of generation: release held-back bytes (an unfinished character becomes U+FFFD)."""
+        if not self.done:
+            self.text += self.decoder.flush()
+            self._cut()
+            self.done = True
+
+    def _cut(self) -> None:
+        at = find_stop(self.text, self.stops) if self.stops else None
+        if at is not None:
+            self.text = self.text[:at]
+            self.done = True
+
+    def new_text(self) -> str:
+        end = len(self.text) if self.done else len(self.text) - self.holdback
+        piece = self.text[self.shown : end] if end > self.shown else ""
+        self.shown = max(self.shown, end)
+        return piece
+
+
+def continue_prompt(model, rows: list[Continuation], ids: list[int], args, seed: int, on_token=None) -> int:
+    """Generate for len(rows) copies of the prompt `ids` in one batch, feeding row i's tokens to rows[i].
+
+    Row i draws with seed `seed` + i. Stops early once every row is done. `on_token()` is called after
+    each step (for streaming).
+    Returns the number of steps taken (= tokens generated per row).
+    """
+    device = next(model.parameters()).device
+    idx = torch.tensor([ids] * len(rows), dtype=torch.long, device=device)  # (n, T)
+    tokens = generate_tokens(
+        model, idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        seed=[seed + i for i in range(len(rows))], repetition_penalty=args.repetition_penalty,
+        use_cache=not args.no_cache,
+    )  # yields (n, 1) per step
+    steps = 0
+    try:
+        for next_ids in tokens:
+            steps += 1
+            for row, token in zip(rows, next_ids[:, 0].tolist(), strict=True):
+                row.add(token)
+            if on_token is not None:
+                on_token()
+            if all(row.done for row in rows):
+                break
+    finally:
+        tokens.close()  # restores the model's training mode if we stopped early
+    for row in rows:
+        row.finish()
+    return steps
+
+
+def answer(model, tokenizer, prompt: str, args, stops: list[str]) -> None:
+    """Print `--num-samples` continuations of `prompt`, each as prompt + continuation."""
     ids = prompt_ids(tokenizer, prompt)
     if isinstance(model, GPT) and len(ids) > model.block_size:
         raise UserError(
             f"the prompt is {len(ids)} tokens long, but the model's context is {model.block_size}: shorten it"
         )
-    device = resolve_device(args.device)
-    model.to(device)
-    idx = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=device)  # (num_samples, T)
-    out = model.generate(
-        idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed
-    )  # (num_samples, T + max_new_tokens)
-    for i, row in enumerate(out.tolist()):
-        if args.num_samples > 1:
-            print(f"--- sample {i + 1} ---")
-        print(prompt + tokenizer.decode(row[len(ids) :]))
+    header = (lambda i: f"--- sample {i + 1} ---") if args.num_samples > 1 else None
+    if not args.stream:  # all samples in one batch, printed at the end
+        rows = [Continuation(tokenizer, stops) for _ in range(args.num_samples)]
+        continue_prompt(model, rows, ids, args, args.seed)
+        for i, row in enumerate(rows):
+            if header:
+                print(header(i))
+            print(prompt + row.text)
+        return
+
+    # Streaming: one sample at a time (sample i with seed + i, as in the batch), printed as it grows.
+    start, n_tokens = time.perf_counter(), 0
+    for i in range(args.num_samples):
+        if header:
+            print(header(i))
+        print(prompt, end="", flush=True)
+        row = Continuation(tokenizer, stops)
+        show = lambda row=row: print(row.new_text(), end="", flush=True)
+        n_tokens += continue_prompt(model, [row], ids, args, args.seed + i, show)
+        print(row.new_text(), flush=True)  # what was held back, and the final newline
+    seconds = time.perf_counter() - start
+    print(f"{n_tokens} tokens in {seconds:.2f} s: {n_tokens / max(seconds, 1e-9):.1f} tokens/s", file=sys.stderr)
+
+
+def interact(model, tokenizer, args, stops: list[str]) -> None:
+    """Answer prompts read from stdin until an empty line or end of input."""
+    while True:
+        print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        prompt = line.rstrip("\r\n")
+        if not prompt:  # "" at end of input (Ctrl-D), "\n" for an empty line
+            if not line:
+                print(file=sys.stderr)  # end the "> " line
+            return
+        try:
+            answer(model, tokenizer, prompt, args, stops)
+        except UserError as err:  # a prompt the model cannot read: say so, and ask for the next one
+            print(f"error: {err}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    stops = [unescape(stop) for stop in args.stop]
+    prompt = "" if args.interactive else read_prompt(args)
+
+    model, tokenizer = load(args.out_dir)
+    model.to(resolve_device(args.device))
+    try:
+        if args.interactive:
+            interact(model, tokenizer, args, stops)
+        else:
+            answer(model, tokenizer, prompt, args, stops)
+    except KeyboardInterrupt:  # Ctrl-C while generating: stop quietly, like `head` or `cat` would
+        print(file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from src import distributed
 from src.bigram import BigramLanguageModel
+from src.bpe import ENDOFTEXT, BPETokenizer
 from src.checkpoint import TOKENIZER, load_model, save_checkpoint
 from src.config import TrainConfig, parse_args
 from src.corpus import CACHE_DIR, read_documents, resolve_data
@@ -55,16 +56,22 @@ from src.tokenizer import CharTokenizer, load_tokenizer
 # --- data --------------------------------------------------------------------------------------------------
 
 
+def tokenizer_kind(cfg: TrainConfig) -> str:
+    """"char" or a BPE kind: fine-tuning uses the tokenizer the weights were trained with."""
+    if cfg.init_from:
+        own = Path(cfg.init_from) / TOKENIZER
+        return load_tokenizer(own).kind if own.exists() else "gpt2"
+    return cfg.tokenizer
+
+
 def build_tokenizer(cfg: TrainConfig, train_text: str, full_text: str):
     """The tokenizer this run uses (see --tokenizer and --init-from)."""
-    from src.bpe import ENDOFTEXT, BPETokenizer
-
-    if cfg.init_from:  # fine-tuning keeps the tokenizer the weights were trained with
-        own = Path(cfg.init_from) / TOKENIZER
-        return load_tokenizer(own) if own.exists() else BPETokenizer.gpt2()
-    if cfg.tokenizer == "gpt2":
+    if cfg.init_from and (Path(cfg.init_from) / TOKENIZER).exists():
+        return load_tokenizer(Path(cfg.init_from) / TOKENIZER)
+    kind = tokenizer_kind(cfg)
+    if kind == "gpt2":
         return BPETokenizer.gpt2()
-    if cfg.tokenizer == "bpe":  # learned from the training split only: validation stays unseen
+    if kind == "bpe":  # learned from the training split only: validation stays unseen
         return BPETokenizer.train(train_text, cfg.vocab_size, special_tokens=[ENDOFTEXT], verbose=True)
     return CharTokenizer.from_text(full_text)  # every character of the text, so validation has no unknowns
 
@@ -75,13 +82,9 @@ def prepare_data(cfg: TrainConfig, is_main: bool = True):
     if is_main:
         print(f"training text: {description}")
     documents = read_documents(path)
-    # Documents are joined by GPT-2's "<|endoftext|>" marker when the tokenizer has one (it teaches the
-    # model where a text ends), else by a blank line.
-    joined = "\n\n".join(documents) if cfg.tokenizer == "char" and not cfg.init_from else None
-    if joined is None:
-        from src.bpe import ENDOFTEXT
-
-        joined = ENDOFTEXT.join(documents)
+    # Documents are joined by GPT-2's "<|endoftext|>" token for BPE tokenizers (it teaches the model where
+    # a text ends), and by a blank line for a char tokenizer, which has no special tokens.
+    joined = ("\n\n" if tokenizer_kind(cfg) == "char" else ENDOFTEXT).join(documents)
     train_text, val_text = train_val_split(joined)
     tokenizer = build_tokenizer(cfg, train_text, joined)
     cache = CACHE_DIR / "tokens"
@@ -131,6 +134,36 @@ def sample_text(model, tokenizer, prompt: str, n_tokens: int, seed: int) -> str:
     ids = prompt_ids(tokenizer, prompt)[-model.block_size :]
     out = model.generate(ids, max_new_tokens=n_tokens, temperature=0.8, top_k=200, seed=seed)
     return tokenizer.decode(out[len(ids) :])
+
+
+def train_step(step_model, optimizer, scaler, loader, accum: int, ctx, info, grad_clip: float):
+    """One optimizer step, over `accum` micro-batches. Returns (mean loss, gradient norm, stepped?).
+
+    Gradient accumulation: the gradients of several micro-batches are summed before one update, each
+    loss scaled by 1/accum, which gives exactly the gradient of one batch `accum` times larger (a test
+    checks this). Under DDP the processes average their gradients during backward; doing that only on
+    the last micro-batch (`no_sync` for the others) saves accum - 1 rounds of communication.
+    The gradient is clipped to norm `grad_clip`; a non-finite one skips the update instead.
+    """
+    loss_sum = torch.zeros(())
+    for micro in range(accum):
+        x, y = loader.next_batch()  # (B, T), (B, T)
+        last = micro == accum - 1
+        sync = step_model.no_sync() if info.enabled and not last else contextlib.nullcontext()
+        with sync:
+            with ctx:
+                _, loss = step_model(x, y)
+            scaler.scale(loss / accum).backward()  # each micro-batch carries 1/accum of the step
+        loss_sum += loss.detach().float().cpu() / accum
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    scaler.unscale_(optimizer)  # clip the true gradient, not the loss-scaled one (float16)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or math.inf)
+    stepped = bool(torch.isfinite(grad_norm)) or scaler.is_enabled()  # float16's scaler skips inf steps itself
+    if stepped:
+        scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, grad_norm, stepped
 
 
 class StopRequest:
@@ -216,14 +249,15 @@ def _train(cfg: TrainConfig, device: torch.device, info: distributed.Dist) -> di
         start_step = loop["step"]
         say(f"resumed from {out_dir / STATE_FILE} at step {start_step}")
 
-    model_config = getattr(model, "config", None)
+    if start_step >= cfg.max_iters:
+        raise UserError(f"the run in {out_dir} already reached step {start_step}; raise --max-iters to go on")
     peak, peak_source = peak_flops(device, dtype, cfg.peak_flops)
     flops_token = flops_per_token(model.config) if isinstance(model, GPT) else 0.0
     say(f"python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}")
     say(f"device: {device}, precision: {why_dtype}, {torch.get_num_threads()} CPU threads, "
         f"{info.world_size} process(es), torch.compile {'on' if compiled else 'off'}")
-    say(f"model: {cfg.model if not cfg.init_from else cfg.init_from}, {model.num_params():,} parameters"
-        + (f" ({describe(model_config, cfg.batch_size)})" if isinstance(model, GPT) else ""))
+    size = describe(model.config, cfg.batch_size) if isinstance(model, GPT) else f"{model.num_params():,} parameters"
+    say(f"model: {cfg.init_from or cfg.model}, {size}")
     say(f"{tokens_per_step:,} tokens per step = {cfg.batch_size} x {cfg.block_size} tokens x {accum} micro-batches"
         f" x {info.world_size} process(es); {cfg.max_iters} steps")
     if peak:
@@ -275,23 +309,11 @@ def _train(cfg: TrainConfig, device: torch.device, info: distributed.Dist) -> di
             lr = lr_at(step - 1, cfg.lr, cfg.final_min_lr, cfg.warmup_iters, cfg.max_iters)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(accum):
-                x, y = train_loader.next_batch()  # (B, T), (B, T)
-                # Under DDP, gradients are averaged across processes only on the last micro-batch.
-                last = micro == accum - 1
-                sync = step_model.no_sync() if info.enabled and not last else contextlib.nullcontext()
-                with sync:
-                    with ctx:
-                        _, loss = step_model(x, y)
-                    scaler.scale(loss / accum).backward()  # each micro-batch carries 1/accum of the step
-                loss_sum += loss.detach() / accum
-            scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
-            if torch.isfinite(grad_norm) or scaler.is_enabled():  # fp16's scaler skips inf steps itself
-                scaler.step(optimizer)
+            loss_sum, grad_norm, stepped = train_step(step_model, optimizer, scaler, train_loader, accum, ctx, info,
+                                                      cfg.grad_clip)
+            if stepped:
                 loop["bad_steps"] = 0
-            else:  # a NaN/inf gradient would poison the weights: skip this step, and give up if it persists
+            else:  # a NaN/inf gradient would have poisoned the weights: the step was skipped
                 loop["bad_steps"] += 1
                 loop["skipped_steps"] = loop.get("skipped_steps", 0) + 1
                 if loop["bad_steps"] >= cfg.max_bad_steps:
@@ -300,8 +322,6 @@ def _train(cfg: TrainConfig, device: torch.device, info: distributed.Dist) -> di
                         f"(loss {loss_sum.item()}, lr {lr:.2e}): lower --lr, use --dtype float32, or check the data;"
                         f" the last good checkpoint is in {out_dir}"
                     )
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
             window_tokens += tokens_per_step
             bar.update(1)
 
