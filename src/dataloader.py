@@ -49,6 +49,8 @@ HEADER = struct.Struct("<8sIIQ8x")  # little-endian: magic, version, itemsize, c
 
 def write_token_file(path: str | Path, tokens: np.ndarray) -> None:
     """Write ids (uint16 or int32) with the header, atomically."""
+    if tokens.dtype not in (np.uint16, np.int32):
+        raise ValueError(f"token files hold uint16 or int32 ids (see token_array), got {tokens.dtype}")
     header = HEADER.pack(TOKEN_MAGIC, TOKEN_VERSION, tokens.dtype.itemsize, len(tokens))
     atomic_write_bytes(path, header + tokens.astype(tokens.dtype.newbyteorder("<"), copy=False).tobytes())
 

@@ -76,6 +76,17 @@ def build_tokenizer(cfg: TrainConfig, train_text: str, full_text: str):
     return CharTokenizer.from_text(full_text)  # every character of the text, so validation has no unknowns
 
 
+def split_text(text: str, separator: str) -> tuple[str, str]:
+    """90/10 train/val split by characters, moved back to the start of a separator that the cut would
+    split in two (half an "<|endoftext|>" on each side would be two pieces of plain text)."""
+    train_text, _ = train_val_split(text)
+    cut = len(train_text)
+    start = text.rfind(separator, 0, cut + len(separator) - 1)  # a separator that begins before the cut...
+    if start != -1 and start < cut < start + len(separator):  # ...and ends after it
+        cut = start
+    return text[:cut], text[cut:]
+
+
 def prepare_data(cfg: TrainConfig, is_main: bool = True):
     """Text -> tokenizer, train/val token arrays, and how many tokens a character and a byte are worth."""
     path, description = resolve_data(cfg.data)
@@ -84,8 +95,9 @@ def prepare_data(cfg: TrainConfig, is_main: bool = True):
     documents = read_documents(path)
     # Documents are joined by GPT-2's "<|endoftext|>" token for BPE tokenizers (it teaches the model where
     # a text ends), and by a blank line for a char tokenizer, which has no special tokens.
-    joined = ("\n\n" if tokenizer_kind(cfg) == "char" else ENDOFTEXT).join(documents)
-    train_text, val_text = train_val_split(joined)
+    separator = "\n\n" if tokenizer_kind(cfg) == "char" else ENDOFTEXT
+    joined = separator.join(documents)
+    train_text, val_text = split_text(joined, separator)
     tokenizer = build_tokenizer(cfg, train_text, joined)
     cache = CACHE_DIR / "tokens"
     train_tokens = cached_tokens(train_text, tokenizer, cache)
