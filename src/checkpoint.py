@@ -80,9 +80,9 @@ def gpt_config_from_hf(hf: dict) -> GPTConfig:
     """A Hugging Face GPT-2 config dictionary -> our GPTConfig, refusing what GPT-2 code cannot run."""
     if hf.get("activation_function", "gelu_new") != "gelu_new":
         raise UserError(f"unsupported activation_function {hf['activation_function']!r} (GPT-2 uses gelu_new)")
-    if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
-        raise UserError(f"unsupported n_inner {hf['n_inner']} (GPT-2 uses 4 * n_embd)")
     try:
+        if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
+            raise UserError(f"unsupported n_inner {hf['n_inner']} (GPT-2 uses 4 * n_embd)")
         return GPTConfig(
             vocab_size=hf["vocab_size"],
             block_size=hf["n_positions"],
@@ -174,10 +174,10 @@ def load_model(path: str | os.PathLike, block_size: int | None = None, dropout: 
     config = _read_config(path)
     tensors = _read_weights(path)
     if config.get("model_type") == "bigram":
-        model = BigramLanguageModel(BigramConfig(config["vocab_size"], config.get("block_size", 1)))
         try:
+            model = BigramLanguageModel(BigramConfig(config["vocab_size"], config.get("block_size", 1)))
             model.load_state_dict(tensors)
-        except RuntimeError as err:
+        except (KeyError, TypeError, RuntimeError) as err:
             raise UserError(f"{path / WEIGHTS} does not match {path / CONFIG}: {str(err).splitlines()[0]}") from None
         return model
     if config.get("model_type") != "gpt2":

@@ -22,8 +22,10 @@ from src.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 USER_DATA = REPO_ROOT / "data" / "data.txt"
-CACHE_DIR = REPO_ROOT / "data" / ".cache"
-SHAKESPEARE_CACHE = CACHE_DIR / "shakespeare.txt"
+# Converted corpora, token files, GPT-2's tokenizer files, the measured peak FLOP/s. GPT_SCRATCH_CACHE
+# moves it elsewhere (the tests use a temporary folder).
+CACHE_DIR = Path(os.environ.get("GPT_SCRATCH_CACHE") or REPO_ROOT / "data" / ".cache")
+SHAKESPEARE_CACHE = CACHE_DIR / "shakespeare-v2.txt"  # bump the version when the conversion changes
 
 
 def resolve_data(path: str | os.PathLike | None = None) -> tuple[Path, str]:
@@ -55,7 +57,8 @@ def shakespeare_text() -> str:
     return "\n".join(markdown_play_to_text(p.read_text(encoding="utf-8")) for p in plays)
 
 
-_INLINE_DIRECTION = re.compile(r"_+\\?\[[^\]]*\]_+|_[^_\n]+_")  # `_\[Aside]_`, `_Exit_` inside a speech
+# Stage directions inside a speech: `_\[Aside]_`, `\[Within]_` (some lack the opening underscore), `_Exit_`.
+_INLINE_DIRECTION = re.compile(r"_*\\?\[[^\]]*\]_+|_[^_\n]+_")
 
 
 def markdown_play_to_text(markdown: str) -> str:
@@ -71,7 +74,7 @@ def markdown_play_to_text(markdown: str) -> str:
         if not lines or not (lines[0].startswith("**") and lines[0].endswith("**")):
             continue  # a heading or a stage direction
         speaker = lines[0].strip("*").strip()
-        body = [_INLINE_DIRECTION.sub("", line).replace("\\", "").strip() for line in lines[1:]]
+        body = [" ".join(_INLINE_DIRECTION.sub("", line).replace("\\", "").split()) for line in lines[1:]]
         body = [line for line in body if line and not line.startswith(("_", "*"))]
         if body:
             speeches.append(speaker + ":\n" + "\n".join(body) + "\n")

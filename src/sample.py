@@ -142,7 +142,7 @@ def size_line(path: Path) -> str | None:
     try:
         hf = json.loads((path / CONFIG).read_text(encoding="utf-8"))
         config = gpt_config_from_hf(hf) if hf.get("model_type") == "gpt2" else None
-    except (OSError, ValueError, AttributeError, UserError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UserError):
         return None  # load_model reports a broken folder properly
     if config is None:
         return None
@@ -276,7 +276,10 @@ def answer(model, tokenizer, prompt: str, args, stops: list[str]) -> None:
             print(header(i))
         print(prompt, end="", flush=True)
         row = Continuation(tokenizer, stops)
-        show = lambda row=row: print(row.new_text(), end="", flush=True)
+
+        def show(row=row):  # after every token: print what is certain by now
+            print(row.new_text(), end="", flush=True)
+
         n_tokens += continue_prompt(model, [row], ids, args, args.seed + i, show)
         print(row.new_text(), flush=True)  # what was held back, and the final newline
     seconds = time.perf_counter() - start

@@ -107,7 +107,12 @@ class CharTokenizer:
     def from_dict(cls, data: dict) -> CharTokenizer:
         if data.get("type") != cls.kind or data.get("version") != FORMAT_VERSION:
             raise UserError(f"not a version-{FORMAT_VERSION} char tokenizer: type={data.get('type')!r}")
-        return cls(data["chars"])
+        chars = data.get("chars")
+        if not isinstance(chars, list) or not all(isinstance(c, str) and len(c) == 1 for c in chars):
+            raise UserError("a char tokenizer file needs a list of single characters under \"chars\"")
+        if len(set(chars)) != len(chars):
+            raise UserError("a char tokenizer file lists the same character twice")
+        return cls(chars)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CharTokenizer:

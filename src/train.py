@@ -299,7 +299,7 @@ def _train(cfg: TrainConfig, device: torch.device, info: distributed.Dist) -> di
         """The latest checkpoint (an HF folder) and the exact training state, written by the main process."""
         loader_states = distributed.gather_to_main(train_loader.state_dict()["generator"], info)
         if info.is_main:
-            save_checkpoint(out_dir, model, tokenizer, {"step": step, **summary, "config": cfg.to_dict()})
+            save_checkpoint(out_dir, model, tokenizer, {**summary, "step": step, "config": cfg.to_dict()})
             save_state(out_dir / STATE_FILE, model, optimizer, scaler, loader_states, {**loop, "step": step})
 
     if start_step == 0:
