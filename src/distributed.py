@@ -49,13 +49,20 @@ def teardown(info: Dist) -> None:
         dist.destroy_process_group()
 
 
-def mean_across(value: torch.Tensor, info: Dist) -> torch.Tensor:
-    """Average a scalar tensor over all processes (the identity for one process)."""
+def sum_across(value: torch.Tensor, info: Dist) -> torch.Tensor:
+    """Sum a tensor over all processes (the identity for one process)."""
     if not info.enabled:
         return value
     total = value.detach().clone()
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)  # SUM then divide: gloo has no AVG
-    return total / info.world_size
+    if dist.get_backend() == "nccl":
+        total = total.cuda()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total.to(value.device)
+
+
+def mean_across(value: torch.Tensor, info: Dist) -> torch.Tensor:
+    """Average a tensor over all processes (the identity for one process)."""
+    return sum_across(value, info) / info.world_size
 
 
 def any_across(flag: bool, info: Dist) -> bool:

@@ -132,14 +132,14 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
 def estimate_loss(model, batches, ctx, info: distributed.Dist) -> float:
     """Mean loss over fixed batches, in eval mode (dropout off); each process takes its share of them."""
     model.eval()
-    mine = batches[info.rank :: info.world_size]
-    total = torch.zeros(())
-    for x, y in mine:
+    total, count = torch.zeros(()), torch.zeros(())
+    for x, y in batches[info.rank :: info.world_size]:
         with ctx:
             _, loss = model(x, y)
         total += loss.float().cpu()
+        count += 1
     model.train()
-    return (distributed.mean_across(total / max(len(mine), 1), info)).item()
+    return (distributed.sum_across(total, info) / distributed.sum_across(count, info)).item()
 
 
 def sample_text(model, tokenizer, prompt: str, n_tokens: int, seed: int) -> str:
@@ -157,7 +157,7 @@ def train_step(step_model, optimizer, scaler, loader, accum: int, ctx, info, gra
     the last micro-batch (`no_sync` for the others) saves accum - 1 rounds of communication.
     The gradient is clipped to norm `grad_clip`; a non-finite one skips the update instead.
     """
-    loss_sum = torch.zeros(())
+    losses = []
     for micro in range(accum):
         x, y = loader.next_batch()  # (B, T), (B, T)
         last = micro == accum - 1
@@ -166,16 +166,19 @@ def train_step(step_model, optimizer, scaler, loader, accum: int, ctx, info, gra
             with ctx:
                 _, loss = step_model(x, y)
             scaler.scale(loss / accum).backward()  # each micro-batch carries 1/accum of the step
-        loss_sum += loss.detach().float().cpu() / accum
+        losses.append(loss.detach())  # stays on the device: no GPU sync in the middle of a step
+    loss_mean = torch.stack(losses).float().mean()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     scaler.unscale_(optimizer)  # clip the true gradient, not the loss-scaled one (float16)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or math.inf)
-    stepped = bool(torch.isfinite(grad_norm)) or scaler.is_enabled()  # float16's scaler skips inf steps itself
-    if stepped:
+    finite = bool(torch.isfinite(grad_norm))
+    scale = scaler.get_scale()
+    if finite or scaler.is_enabled():  # float16: the scaler itself skips the update on inf/NaN gradients
         scaler.step(optimizer)
-    scaler.update()
+    scaler.update()  # float16: lowers the scale exactly when it skipped the update
+    stepped = finite if not scaler.is_enabled() else scaler.get_scale() >= scale
     optimizer.zero_grad(set_to_none=True)
-    return loss_sum, grad_norm, stepped
+    return loss_mean, grad_norm, stepped
 
 
 class StopRequest:
@@ -325,7 +328,9 @@ def _train(cfg: TrainConfig, device: torch.device, info: distributed.Dist) -> di
                                                       cfg.grad_clip)
             if stepped:
                 loop["bad_steps"] = 0
-            else:  # a NaN/inf gradient would have poisoned the weights: the step was skipped
+            elif scaler.is_enabled() and torch.isfinite(loss_sum):
+                pass  # float16 overflow: the scaler lowered its scale and goes on; normal loss scaling
+            else:  # a NaN/inf loss or gradient would have poisoned the weights: the step was skipped
                 loop["bad_steps"] += 1
                 loop["skipped_steps"] = loop.get("skipped_steps", 0) + 1
                 if loop["bad_steps"] >= cfg.max_bad_steps:
