@@ -64,12 +64,15 @@ def measure(name: str, config: GPTConfig, n: int, repeats: int) -> dict:
     prompt = torch.tensor([[0]])  # (1, 1)
 
     greedy_ours = ours.generate(prompt, 50, temperature=0)
-    greedy_hf = hf.generate(prompt, max_new_tokens=50, min_new_tokens=50, do_sample=False, pad_token_id=0)
+    # An explicit attention mask: HF would otherwise infer one from pad_token_id, and mask a prompt of id 0.
+    mask = torch.ones_like(prompt)
+    greedy_hf = hf.generate(prompt, attention_mask=mask, max_new_tokens=50, min_new_tokens=50, do_sample=False,
+                            pad_token_id=0)
     row = {"shape": name, "greedy equal": torch.equal(greedy_ours, greedy_hf)}
 
     def hf_run(use_cache: bool):
-        return hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=True, top_k=0,
-                           use_cache=use_cache, pad_token_id=0)
+        return hf.generate(prompt, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=True,
+                           top_k=0, use_cache=use_cache, pad_token_id=0)
 
     row["ours cached"] = median_tokens_per_s(lambda: ours.generate(prompt, n, seed=1), n, repeats)
     row["hf cached"] = median_tokens_per_s(lambda: hf_run(True), n, repeats)
