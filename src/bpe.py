@@ -66,10 +66,9 @@ from pathlib import Path
 import regex
 from tqdm import tqdm
 
-from src.corpus import CACHE_DIR, atomic_write_bytes, atomic_write_text
+from src.corpus import CACHE_DIR, atomic_write_bytes, atomic_write_text, read_json
 from src.errors import UserError
 from src.hub import download
-from src.tokenizer import _read_json
 
 FORMAT_VERSION = 1
 
@@ -427,7 +426,7 @@ class BPETokenizer:
     @classmethod
     def load(cls, path: str | os.PathLike) -> BPETokenizer:
         """Read a file written by `save`."""
-        return cls.from_dict(_read_json(path), source=str(path))
+        return cls.from_dict(read_json(path, "tokenizer file"), source=str(path))
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "tokenizer file") -> BPETokenizer:
@@ -458,7 +457,7 @@ class BPETokenizer:
                 "(Hugging Face layout) or encoder.json + vocab.bpe (OpenAI layout)"
             )
         vocab_path, merges_path = files
-        vocab = _read_json(vocab_path)
+        vocab = read_json(vocab_path, "GPT-2 vocabulary file")
         specials = {ENDOFTEXT: vocab.pop(ENDOFTEXT)} if ENDOFTEXT in vocab else {}
         merges = _read_merges(merges_path)
         return cls._from_token_strings(vocab, merges, specials, GPT2_PATTERN, str(directory))

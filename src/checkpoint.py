@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from src.bigram import BigramConfig, BigramLanguageModel
-from src.corpus import atomic_write_bytes, atomic_write_text
+from src.corpus import atomic_write_bytes, atomic_write_text, read_json
 from src.errors import UserError
 from src.hub import download, hub_repo
 from src.model import GPT, GPTConfig
@@ -210,7 +210,7 @@ def load_checkpoint(path: str | os.PathLike):
         )
     training = {}
     if (path / TRAINING).exists():
-        training = _read_json(path / TRAINING)
+        training = read_json(path / TRAINING, "training metadata file")
     return model, tokenizer, training
 
 
@@ -222,7 +222,7 @@ def _read_config(path: Path) -> dict:
             f"no checkpoint in {path}: expected {CONFIG} and {WEIGHTS} "
             f"(train one with: python src/train.py --out-dir {path})"
         )
-    return _read_json(path / CONFIG)
+    return read_json(path / CONFIG, "model config")
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -238,13 +238,3 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, garbage, or refused by weights_only: to the user it is all "corrupt"
         raise UserError(f"{file} is corrupt or truncated ({str(err)[:200]}); re-train or restore it") from None
-
-
-def _read_json(file: Path) -> dict:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{file} is not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{file} does not hold a JSON object")
-    return data

@@ -14,6 +14,7 @@ well-known "tiny Shakespeare"). The converted text is cached under `data/.cache/
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 from pathlib import Path
@@ -113,6 +114,20 @@ def read_text(path: str | os.PathLike) -> str:
     if not text.strip():
         raise UserError(f"{path} is empty (or only whitespace); put some text in it")
     return text
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> dict:
+    """A JSON object from `path`, or a UserError naming the `what` that is missing or broken."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a {what}: it does not hold a JSON object")
+    return data
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -33,7 +33,7 @@ GPU_PEAKS = {
 PEAK_CACHE = CACHE_DIR / "peak_flops.json"
 
 
-def measure_matmul_flops(dtype: torch.dtype, n: int = 1024, seconds: float = 0.5) -> float:
+def measure_matmul_flops(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
     """FLOP/s of an n x n matrix multiplication on the CPU (2 n^3 FLOPs each), best of a short run."""
     a = torch.randn(n, n).to(dtype)
     b = torch.randn(n, n).to(dtype)
@@ -47,7 +47,11 @@ def measure_matmul_flops(dtype: torch.dtype, n: int = 1024, seconds: float = 0.5
 
 
 def cpu_peaks() -> dict[str, float]:
-    """Measured fp32 and bf16 matmul FLOP/s of this CPU at the current thread count (cached on disk)."""
+    """Measured fp32 and bf16 matmul FLOP/s of this CPU at the current thread count (cached on disk).
+
+    Measure on an idle machine: a busy one gives too low a peak (and MFU above 100%). Delete
+    data/.cache/peak_flops.json to measure again.
+    """
     key = f"{platform.processor() or platform.machine()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
     cache = json.loads(PEAK_CACHE.read_text()) if PEAK_CACHE.exists() else {}
     if key not in cache:

@@ -31,8 +31,8 @@ from __future__ import annotations
 import json
 import os
 from functools import lru_cache
-from pathlib import Path
 
+from src.corpus import atomic_write_text, read_json, read_text, resolve_data
 from src.errors import UserError
 
 FORMAT_VERSION = 1
@@ -99,8 +99,6 @@ class CharTokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the vocabulary file (atomically)."""
-        from src.corpus import atomic_write_text
-
         atomic_write_text(path, self.to_json())
 
     @classmethod
@@ -116,12 +114,12 @@ class CharTokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CharTokenizer:
-        return cls.from_dict(_read_json(path))
+        return cls.from_dict(read_json(path, "tokenizer file"))
 
 
 def load_tokenizer(path: str | os.PathLike):
     """Load any tokenizer saved by this project, choosing the class from the file's "type" field."""
-    data = _read_json(path)
+    data = read_json(path, "tokenizer file")
     kind = data.get("type")
     if kind == CharTokenizer.kind:
         return CharTokenizer.from_dict(data)
@@ -132,19 +130,6 @@ def load_tokenizer(path: str | os.PathLike):
     raise UserError(f"{path}: unknown tokenizer type {kind!r}")
 
 
-def _read_json(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"tokenizer file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} is not a tokenizer file")
-    return data
-
-
 # ---------------------------------------------------------------------------------------------------
 # The module-level API of the original project: encode/decode/vocab_size on the default training text.
 
@@ -152,8 +137,6 @@ def _read_json(path: str | os.PathLike) -> dict:
 @lru_cache(maxsize=1)
 def default_tokenizer() -> CharTokenizer:
     """The char tokenizer of the default training text (built once, on first use)."""
-    from src.corpus import read_text, resolve_data
-
     path, _ = resolve_data()
     return CharTokenizer.from_text(read_text(path))
 
