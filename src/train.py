@@ -320,8 +320,9 @@ def _train(cfg: TrainConfig, device: torch.device, info: distributed.Dist) -> di
                disable=None if info.is_main else True)  # disable=None: a live bar only in a terminal
     window_start, window_tokens = time.time(), 0
     with StopRequest() as stop:
+        decay_iters = cfg.max_iters  # where the cosine ends; a time budget moves it (see below)
         for step in range(start_step + 1, cfg.max_iters + 1):
-            lr = lr_at(step - 1, cfg.lr, cfg.final_min_lr, cfg.warmup_iters, cfg.max_iters)
+            lr = lr_at(step - 1, cfg.lr, cfg.final_min_lr, cfg.warmup_iters, decay_iters)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum, grad_norm, stepped = train_step(step_model, optimizer, scaler, train_loader, accum, ctx, info,
@@ -356,10 +357,21 @@ def _train(cfg: TrainConfig, device: torch.device, info: distributed.Dist) -> di
                         row["mfu"] = flops_token * tokens_per_s / peak
                     log.log(event="train", **row)
                     bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
-            if step % cfg.eval_interval == 0 or step == cfg.max_iters:
+            out_of_time = False
+            if cfg.max_seconds:
+                # A time budget: project how many steps fit into it at the speed so far, and end the cosine
+                # there, so the learning rate has decayed when time runs out, on a fast machine or a slow one.
+                elapsed = time.time() - started
+                projected = int((step - start_step) * cfg.max_seconds / elapsed) + start_step
+                decay_iters = min(cfg.max_iters, max(step + 1, projected))
+                out_of_time = distributed.any_across(elapsed >= cfg.max_seconds, info)
+            if step % cfg.eval_interval == 0 or step == cfg.max_iters or out_of_time:
                 evaluate(step)
                 save(step)
                 window_start, window_tokens = time.time(), 0  # tokens/s measures training, not evaluation
+            if out_of_time:
+                say(f"\ntime budget of {cfg.max_seconds:.0f} s used up at step {step}")
+                break
             if distributed.any_across(stop.requested, info):
                 bar.close()
                 say(f"\nstopped at step {step}: saving to {out_dir} ...")

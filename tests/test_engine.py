@@ -638,3 +638,21 @@ def test_copied_run_folder_resumes(engine, tmp_path):
     assert resumed["step"] == 6
     assert [r["step"] for r in rows(tmp_path / "b") if r["event"] == "train"] == [1, 2, 3, 4, 5, 6]
     assert rows(tmp_path / "b")[:5] == rows(out)[:5]  # the rows up to step 4 were kept as they were
+
+
+# --- a time budget ---------------------------------------------------------------------------------------------
+
+
+def test_a_time_budget_ends_the_run_with_the_learning_rate_decayed(engine, tmp_path):
+    """--max-seconds: the run stops by itself when the budget is used up, evaluates and saves there, and the
+    cosine schedule was fitted to the budget, so the last steps ran near --min-lr instead of near --lr."""
+    out = tmp_path / "out"
+    summary = engine(out, "--max-iters", "1000000", "--max-seconds", "3", "--warmup-iters", "2",
+                     "--lr", "1e-2", "--min-lr", "1e-3", "--eval-interval", "1000000")
+    train_rows = [r for r in rows(out) if r["event"] == "train"]
+    last = train_rows[-1]["step"]
+    assert 3 < last < 1_000_000  # it trained, and stopped long before max_iters
+    assert summary["step"] == last  # evaluated at the step it stopped at, though eval_interval never came
+    assert json.loads((out / "training.json").read_text())["step"] == last  # and saved there
+    assert train_rows[-1]["lr"] < 0.2 * 1e-2  # decayed: a fixed schedule would still be at the peak here
+    assert max(r["lr"] for r in train_rows) > 0.5 * 1e-2  # the peak was reached on the way
