@@ -157,6 +157,16 @@ def save_checkpoint(out_dir: str | os.PathLike, model, tokenizer, training: dict
     atomic_write_text(out_dir / TRAINING, json.dumps(training or {}, indent=2) + "\n")
 
 
+def resolve_pretrained(name: str | os.PathLike) -> Path:
+    """The folder to load: `name` itself, or for a released GPT-2 name ("gpt2", "gpt2-medium", ...) its
+    download from the Hugging Face Hub (a local folder of that name wins)."""
+    path = Path(name)
+    repo = hub_repo(str(name))
+    if repo is not None and not path.exists():
+        path = download(repo, [CONFIG, WEIGHTS])
+    return path
+
+
 def load_model(path: str | os.PathLike, block_size: int | None = None, dropout: float | None = None):
     """Load the model of a checkpoint folder (ours or a Hugging Face GPT-2 folder).
 
@@ -167,10 +177,7 @@ def load_model(path: str | os.PathLike, block_size: int | None = None, dropout: 
     table `wpe` keeps only its first `block_size` rows, which is exactly what the model used for
     positions 0..block_size-1, so nothing else changes. `dropout` replaces the saved dropout rate.
     """
-    path = Path(path)
-    repo = hub_repo(str(path))
-    if repo is not None and not path.exists():
-        path = download(repo, [CONFIG, WEIGHTS])
+    path = resolve_pretrained(path)
     config = _read_config(path)
     tensors = _read_weights(path)
     if config.get("model_type") == "bigram":

@@ -43,12 +43,11 @@ if __package__ in (None, ""):  # run as `python src/sample.py`: make the `src` p
 import torch
 
 from src.bpe import StreamDecoder
-from src.checkpoint import CONFIG, TOKENIZER, WEIGHTS, gpt_config_from_hf, load_checkpoint, load_model
+from src.checkpoint import CONFIG, TOKENIZER, gpt_config_from_hf, load_checkpoint, load_model, resolve_pretrained
 from src.device import resolve_device
 from src.errors import UserError, run_cli
 from src.estimate import describe, param_count
 from src.generate import generate_tokens
-from src.hub import download, hub_repo
 from src.model import GPT
 from src.sampling import check_sampling_args, find_stop
 
@@ -128,15 +127,6 @@ def check_args(args) -> None:
 # --- the model -------------------------------------------------------------------------------------------------
 
 
-def resolve_folder(name: str) -> Path:
-    """The folder to load: `name` itself, or for a released GPT-2 name its download (a local folder wins)."""
-    path = Path(name)
-    repo = hub_repo(name)
-    if repo is not None and not path.exists():
-        path = download(repo, [CONFIG, WEIGHTS])
-    return path
-
-
 def size_line(path: Path) -> str | None:
     """'124.4M parameters: weights 0.50 GB; ...' for a large GPT-2 folder, read from config.json alone."""
     try:
@@ -153,7 +143,7 @@ def size_line(path: Path) -> str | None:
 
 def load(out_dir: str):
     """(model, tokenizer) from a folder `train.py` wrote, or a GPT-2 folder without our tokenizer file."""
-    path = resolve_folder(out_dir)
+    path = resolve_pretrained(out_dir)
     line = size_line(path)
     if line:
         print(f"loading {out_dir}: {line}", file=sys.stderr)
