@@ -205,6 +205,17 @@ def load_model(path: str | os.PathLike, block_size: int | None = None, dropout: 
     return resized
 
 
+def folder_tokenizer(path: str | os.PathLike):
+    """The tokenizer a model folder was trained with: ours if the folder holds one, else GPT-2's (a Hugging
+    Face GPT-2 folder, or a released model's name, carries no tokenizer of ours)."""
+    path = Path(path)
+    if (path / TOKENIZER).exists():
+        return load_tokenizer(path / TOKENIZER)
+    from src.bpe import BPETokenizer  # imported here: only folders without our tokenizer need GPT-2's
+
+    return BPETokenizer.gpt2()
+
+
 def load_checkpoint(path: str | os.PathLike):
     """Load (model, tokenizer, training metadata) from a folder saved by `save_checkpoint`."""
     path = Path(path)

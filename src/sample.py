@@ -43,7 +43,15 @@ if __package__ in (None, ""):  # run as `python src/sample.py`: make the `src` p
 import torch
 
 from src.bpe import StreamDecoder
-from src.checkpoint import CONFIG, TOKENIZER, gpt_config_from_hf, load_checkpoint, load_model, resolve_pretrained
+from src.checkpoint import (
+    CONFIG,
+    TOKENIZER,
+    folder_tokenizer,
+    gpt_config_from_hf,
+    load_checkpoint,
+    load_model,
+    resolve_pretrained,
+)
 from src.device import resolve_device
 from src.errors import UserError, run_cli
 from src.estimate import describe, param_count
@@ -153,9 +161,7 @@ def load(out_dir: str):
     model = load_model(path)  # a Hugging Face GPT-2 folder: it was trained with GPT-2's tokenizer
     if not isinstance(model, GPT):
         raise UserError(f"tokenizer file not found: {path / TOKENIZER}")
-    from src.bpe import BPETokenizer
-
-    tokenizer = BPETokenizer.gpt2()
+    tokenizer = folder_tokenizer(path)
     if tokenizer.vocab_size != model.config.vocab_size:
         raise UserError(f"{path} has no {TOKENIZER}, and GPT-2's tokenizer ({tokenizer.vocab_size} tokens) does "
                         f"not fit this model ({model.config.vocab_size} tokens)")

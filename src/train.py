@@ -38,7 +38,7 @@ from tqdm import tqdm
 from src import distributed
 from src.bigram import BigramLanguageModel
 from src.bpe import ENDOFTEXT, BPETokenizer
-from src.checkpoint import TOKENIZER, load_model, save_checkpoint
+from src.checkpoint import folder_tokenizer, load_model, save_checkpoint
 from src.config import TrainConfig, parse_args
 from src.corpus import CACHE_DIR, read_documents, resolve_data
 from src.dataloader import BatchLoader, cached_tokens, check_length, train_val_split
@@ -51,27 +51,16 @@ from src.model import GPT, GPTConfig
 from src.optim import configure_optimizer, lr_at
 from src.resume import STATE_FILE, load_state, save_state
 from src.sample import prompt_ids
-from src.tokenizer import CharTokenizer, load_tokenizer
+from src.tokenizer import CharTokenizer
 
 # --- data --------------------------------------------------------------------------------------------------
 
 
-def tokenizer_kind(cfg: TrainConfig) -> str:
-    """"char" or a BPE kind: fine-tuning uses the tokenizer the weights were trained with."""
-    if cfg.init_from:
-        own = Path(cfg.init_from) / TOKENIZER
-        return load_tokenizer(own).kind if own.exists() else "gpt2"
-    return cfg.tokenizer
-
-
 def build_tokenizer(cfg: TrainConfig, train_text: str, full_text: str):
-    """The tokenizer this run uses (see --tokenizer and --init-from)."""
-    if cfg.init_from and (Path(cfg.init_from) / TOKENIZER).exists():
-        return load_tokenizer(Path(cfg.init_from) / TOKENIZER)
-    kind = tokenizer_kind(cfg)
-    if kind == "gpt2":
+    """The tokenizer --tokenizer asks for (fine-tuning uses the pretrained folder's own instead)."""
+    if cfg.tokenizer == "gpt2":
         return BPETokenizer.gpt2()
-    if kind == "bpe":  # learned from the training split only: validation stays unseen
+    if cfg.tokenizer == "bpe":  # learned from the training split only: validation stays unseen
         return BPETokenizer.train(train_text, cfg.vocab_size, special_tokens=[ENDOFTEXT], verbose=True)
     return CharTokenizer.from_text(full_text)  # every character of the text, so validation has no unknowns
 
@@ -93,12 +82,15 @@ def prepare_data(cfg: TrainConfig, is_main: bool = True):
     if is_main:
         print(f"training text: {description}")
     documents = read_documents(path)
+    # Fine-tuning keeps the tokenizer the weights were trained with; otherwise it is built below.
+    tokenizer = folder_tokenizer(cfg.init_from) if cfg.init_from else None
     # Documents are joined by GPT-2's "<|endoftext|>" token for BPE tokenizers (it teaches the model where
     # a text ends), and by a blank line for a char tokenizer, which has no special tokens.
-    separator = "\n\n" if tokenizer_kind(cfg) == "char" else ENDOFTEXT
+    separator = "\n\n" if (tokenizer.kind if tokenizer else cfg.tokenizer) == "char" else ENDOFTEXT
     joined = separator.join(documents)
     train_text, val_text = split_text(joined, separator)
-    tokenizer = build_tokenizer(cfg, train_text, joined)
+    if tokenizer is None:
+        tokenizer = build_tokenizer(cfg, train_text, joined)
     cache = CACHE_DIR / "tokens"
     train_tokens = cached_tokens(train_text, tokenizer, cache)
     val_tokens = cached_tokens(val_text, tokenizer, cache)
