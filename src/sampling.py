@@ -9,6 +9,7 @@ size), so each idea can be read, tested and combined on its own:
     top_k_filter              keep only the k highest logits
     top_p_filter              keep the smallest set of likeliest tokens holding probability mass >= p
     sample_next_token         all of the above in the usual order, then a random draw (or argmax)
+    draw                      the random draw: one token per row, with the given probabilities
 
 Filters never renormalise or sample: they set the logits of dropped tokens to -inf, so a later softmax
 gives them probability exactly 0. All arithmetic is in float32, even for float16/bfloat16 logits,
@@ -147,7 +148,7 @@ def sample_next_token(
     temperature 0 is greedy decoding: the argmax, the lowest id among equal maxima, and the
     generator is not used. Otherwise: temperature, then top-k, then top-p on the distribution
     renormalised after top-k (so the filters together always leave the likeliest token), then a draw
-    from the softmax with `torch.multinomial`.
+    from the softmax with `draw`.
 
     `generator` is None (PyTorch's global RNG), one `torch.Generator` for the whole batch, or a list of
     generators, one per row, row i drawn with generators[i]. With a list, every row is exactly what a
@@ -167,13 +168,33 @@ def sample_next_token(
     if top_p is not None:
         logits = top_p_filter(logits, top_p)  # (B, V)
     probs = torch.softmax(logits, dim=-1)  # (B, V)
+    return draw(probs, generator)  # (B, 1)
 
+
+def draw(
+    probs: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None = None
+) -> torch.Tensor:
+    """One token per row of `probs` (B, V), token i with probability probs[i] / sum(probs); returns (B, 1).
+
+    Inverse-CDF sampling: lay the probabilities end to end on [0, total], throw one uniform number u
+    into that interval, and return the token whose segment it lands in: the first i with
+    cumsum(probs)[i] >= u. One random number per row, where `torch.multinomial` draws one per token
+    (50,257 of them for GPT-2, about 1 ms here: a tenth of a decoding step).
+    Two details make it exact: the running sum is in float64, so it never loses small probabilities, and
+    u = (1 - r) * total with r uniform in [0, 1) lies in (0, total], so u > 0 skips zero-probability
+    tokens at the start, a zero-probability token i is never first with cumsum[i] >= u (its sum equals
+    its predecessor's), and u <= total always finds a token.
+    """
+    B = probs.size(0)
     if generator is None or isinstance(generator, torch.Generator):
-        return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
-    if len(generator) != probs.size(0):
-        raise ValueError(f"got {len(generator)} generators for a batch of {probs.size(0)} rows")
-    rows = [torch.multinomial(probs[i : i + 1], num_samples=1, generator=g) for i, g in enumerate(generator)]
-    return torch.cat(rows, dim=0)  # (B, 1)
+        r = torch.rand(B, 1, generator=generator, dtype=torch.float64, device=probs.device)  # (B, 1)
+    elif len(generator) == B:  # row i from its own generator, as if it were drawn alone
+        r = torch.cat([torch.rand(1, 1, generator=g, dtype=torch.float64, device=probs.device) for g in generator])
+    else:
+        raise ValueError(f"got {len(generator)} generators for a batch of {B} rows")
+    cdf = probs.double().cumsum(dim=-1)  # (B, V) running total
+    u = (1.0 - r) * cdf[:, -1:]  # (B, 1) in (0, total]
+    return torch.searchsorted(cdf, u)  # (B, 1): first i with cdf[i] >= u
 
 
 def find_stop(text: str, stop_strings: Iterable[str]) -> int | None:

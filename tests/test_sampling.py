@@ -16,6 +16,7 @@ from src.sampling import (
     apply_repetition_penalty,
     apply_temperature,
     check_sampling_args,
+    draw,
     find_stop,
     sample_next_token,
     top_k_filter,
@@ -335,6 +336,35 @@ def test_samples_follow_the_tempered_softmax(temperature):
     freq = torch.bincount(ids.flatten(), minlength=3) / 40_000
     expected = probs ** (1 / temperature) / (probs ** (1 / temperature)).sum()  # 0.5 -> [0.66, 0.24, 0.1]
     assert torch.allclose(freq, expected, atol=0.01)
+
+
+@pytest.mark.parametrize("r", [0.0, 0.5, 1.0 - 2.0**-53])
+def test_draw_never_picks_a_zero_probability_token_even_at_the_ends_of_the_random_range(monkeypatch, r):
+    # r = 0 puts u at the very end of the total, r -> 1 just above 0: the two places an off-by-one would
+    # return a zero-probability token (here the first, third and last ones).
+    probs = torch.tensor([[0.0, 0.25, 0.0, 0.5, 0.25, 0.0]])
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.full(shape, r, dtype=torch.float64))
+    expected = {0.0: 4, 0.5: 3, 1.0 - 2.0**-53: 1}[r]
+    assert draw(probs).item() == expected
+
+
+def test_draw_follows_unnormalised_probabilities_with_many_zeros():
+    probs = torch.zeros(50_000, 1000)
+    probs[:, [3, 500, 999]] = torch.tensor([2.0, 1.0, 1.0])  # weights 2:1:1 among 997 zeros
+    ids = draw(probs, torch.Generator().manual_seed(0)).flatten()
+    freq = torch.bincount(ids, minlength=1000) / ids.numel()
+    assert freq.sum() == freq[[3, 500, 999]].sum()  # nothing else ever drawn
+    assert torch.allclose(freq[[3, 500, 999]], torch.tensor([0.5, 0.25, 0.25]), atol=0.01)
+
+
+def test_draw_matches_multinomial_in_distribution_on_a_gpt2_sized_vocabulary():
+    g = torch.Generator().manual_seed(1)
+    probs = torch.softmax(torch.randn(1, 50_257, generator=g) * 3, dim=-1)  # (1, V), a peaked softmax
+    top = probs.topk(5).indices[0]
+    ours = torch.cat([draw(probs, g) for _ in range(20_000)]).flatten()
+    theirs = torch.multinomial(probs.expand(20_000, -1), 1, generator=g).flatten()
+    for token in top:
+        assert abs((ours == token).float().mean() - (theirs == token).float().mean()) < 0.015
 
 
 # --- find_stop ------------------------------------------------------------------------------------
