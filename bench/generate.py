@@ -3,15 +3,17 @@
     python bench/generate.py [--tokens 200] [--repeats 5] [--threads N]
 
 For two shapes (the 6-layer/384-wide/context-256 char model, and GPT-2 124M), batch 1, a 1-token prompt,
-sampling at temperature 1: tokens/s of ours with the cache, ours without, ours with bf16 weights, and HF
-`generate` with its cache (and without, for the small shape). Median of `--repeats` runs. The same
-weights go into both (saved by us as a Hugging Face folder, loaded by `transformers`), and greedy
-continuations are compared token for token in float32.
+sampling at temperature 1: tokens/s of ours with the cache, ours without, ours with bf16 weights, ours
+with int8 weights (`src/quantize.py`), and HF `generate` with its cache (and without, for the small
+shape). Median of `--repeats` runs. The same weights go into both (saved by us as a Hugging Face folder,
+loaded by `transformers`), and greedy continuations are compared token for token in float32; for int8,
+the number of leading greedy tokens that equal float32's is shown.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -24,6 +26,7 @@ import torch  # noqa: E402
 
 from src.checkpoint import save_checkpoint  # noqa: E402
 from src.model import GPT, GPTConfig  # noqa: E402
+from src.quantize import quantize_int8  # noqa: E402
 from src.tokenizer import CharTokenizer  # noqa: E402
 
 SHAPES = {
@@ -80,6 +83,10 @@ def measure(name: str, config: GPTConfig, n: int, repeats: int) -> dict:
         uncached = lambda: ours.generate(prompt, n, seed=1, use_cache=False)
         row["ours no cache"] = median_tokens_per_s(uncached, n, repeats)
         row["hf no cache"] = median_tokens_per_s(lambda: hf_run(False), n, repeats)
+    int8 = quantize_int8(copy.deepcopy(ours))
+    row["ours int8 cached"] = median_tokens_per_s(lambda: int8.generate(prompt, n, seed=1), n, repeats)
+    same = (int8.generate(prompt, 50, temperature=0) == greedy_ours)[0, 1:].int()  # (50,)
+    row["int8 greedy"] = int(same.cumprod(0).sum())  # leading new tokens equal to float32's
     ours.to(torch.bfloat16)
     row["ours bf16 cached"] = median_tokens_per_s(lambda: ours.generate(prompt, n, seed=1), n, repeats)
     return row
@@ -97,13 +104,14 @@ def main() -> None:
 
     print(f"\ntokens/s, batch 1, 1-token prompt, {args.tokens} new tokens, sampling, median of {args.repeats}, "
           f"{args.threads} threads, torch {torch.__version__}")
-    cols = ["ours cached", "ours bf16 cached", "ours no cache", "hf cached", "hf no cache"]
-    print(f"| shape | {' | '.join(cols)} | ours/hf (fp32) | 50 greedy tokens equal (fp32) |")
-    print("|---" * (len(cols) + 3) + "|")
+    cols = ["ours cached", "ours bf16 cached", "ours int8 cached", "ours no cache", "hf cached", "hf no cache"]
+    print(f"| shape | {' | '.join(cols)} | ours/hf fp32 | int8 | 50 greedy tokens equal fp32 | int8 |")
+    print("|---" * (len(cols) + 5) + "|")
     for r in rows:
         cells = [f"{r[c]:.1f}" if c in r else "-" for c in cols]
-        ratio = r["ours cached"] / r["hf cached"]
-        print(f"| {r['shape']} | {' | '.join(cells)} | {ratio:.2f}x | {r['greedy equal']} |")
+        fp32, int8 = r["ours cached"] / r["hf cached"], r["ours int8 cached"] / r["hf cached"]
+        print(f"| {r['shape']} | {' | '.join(cells)} | {fp32:.2f}x | {int8:.2f}x | {r['greedy equal']} "
+              f"| first {r['int8 greedy']} |")
 
 
 if __name__ == "__main__":

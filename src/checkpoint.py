@@ -33,6 +33,7 @@ from src.corpus import atomic_write_bytes, atomic_write_text, read_json
 from src.errors import UserError
 from src.hub import download, hub_repo
 from src.model import GPT, GPTConfig
+from src.quantize import is_quantized
 from src.tokenizer import load_tokenizer
 
 CONFIG = "config.json"
@@ -144,6 +145,8 @@ def from_hf_state_dict(tensors: dict[str, torch.Tensor], model: GPT) -> dict[str
 def save_checkpoint(out_dir: str | os.PathLike, model, tokenizer, training: dict | None = None) -> None:
     """Write model, tokenizer and training metadata into `out_dir` (each file atomically)."""
     out_dir = Path(out_dir)
+    if is_quantized(model):  # its int8 weights are not what a GPT-2 folder holds
+        raise ValueError("an int8-quantized model is for generation only: save the float model instead")
     if isinstance(model, GPT):
         eos = getattr(tokenizer, "eot_token_id", None)
         config = hf_config(model.config, eos_token_id=eos)

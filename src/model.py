@@ -74,24 +74,24 @@ class KVCache:
 
     Without a cache, producing token t+1 runs the model over all t tokens again. But the keys and values
     of earlier tokens never change (a token only attends backwards), so we store them and feed the model
-    just the newest token. Memory is allocated once, for the whole context, per layer:
-    k, v: (n_layer, B, nh, block_size, hs). `pos` counts the positions filled, which is also the position
-    (for the position embedding) of the next token.
+    just the newest token. Memory is allocated once, for the whole context: per layer, k and v of shape
+    (B, nh, block_size, hs). It is left uninitialised (`torch.empty`), because only positions already
+    written are ever read. `pos` counts the positions filled, which is also the position (for the
+    position embedding) of the next token.
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, device, dtype: torch.dtype = torch.float32):
-        hs = config.d_model // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, config.block_size, hs)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch_size, config.n_head, config.block_size, config.d_model // config.n_head)
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.pos = 0
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, nh, T, hs) at positions pos..pos+T of `layer`; return all keys/values up to there."""
         end = self.pos + k.shape[2]
-        self.k[layer, :, :, self.pos : end] = k
-        self.v[layer, :, :, self.pos : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, nh, end, hs) each
+        self.k[layer][:, :, self.pos : end] = k
+        self.v[layer][:, :, self.pos : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # (B, nh, end, hs) each
 
     def reset(self) -> None:
         self.pos = 0

@@ -28,6 +28,7 @@ from src.checkpoint import load_checkpoint, save_checkpoint
 from src.estimate import describe
 from src.generate import generate
 from src.model import GPT, GPTConfig
+from src.quantize import quantize_int8
 from src.tokenizer import CharTokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -139,6 +140,19 @@ def test_stream_prints_exactly_the_text_of_a_normal_run(char_ckpt, env, extra):
 def test_no_cache_prints_the_same_text(char_ckpt, env):
     args = ["--prompt", "Love", "--max-new-tokens", "50", "--seed", "2", "--num-samples", "2"]
     assert ok(sample(char_ckpt, *args, "--no-cache", env=env)) == ok(sample(char_ckpt, *args, env=env))
+
+
+def test_int8_prints_the_text_of_the_quantized_model(char_ckpt, env):
+    args = ["--prompt", "the king", "--max-new-tokens", "40", "--seed", "3"]
+    model, tokenizer, _ = load_checkpoint(char_ckpt)
+    ids = tokenizer.encode("the king")
+    expected = tokenizer.decode(generate(quantize_int8(model), ids, 40, temperature=0.8, seed=3)) + "\n"
+    assert ok(sample(char_ckpt, *args, "--int8", env=env)) == expected
+    assert ok(sample(char_ckpt, *args, "--int8", "--stream", env=env)) == expected
+
+
+def test_int8_off_the_cpu_is_a_one_line_error(char_ckpt, env):
+    assert_one_line_error(sample(char_ckpt, "--int8", "--device", "cuda", env=env), "cuda")
 
 
 def test_streaming_characters_split_across_tokens(bpe_ckpt, env):

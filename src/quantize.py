@@ -1,0 +1,91 @@
+"""Weight-only int8 quantization: smaller weights, so generation on a CPU is faster.
+
+Why it helps. Generating one token multiplies one vector by every weight matrix of the model, and each
+weight is used for a single multiply-add. The processor waits for memory, not for arithmetic: GPT-2 124M
+reads 500 MB of float32 weights per token. Stored as int8 (one byte instead of four), the same matrices
+are read about 3x faster here (see `bench/generate.py`).
+
+How. Each output row j of a weight matrix W (out, in) gets its own scale, the largest |w| of the row / 127:
+
+    scale[j] = max_i |W[j, i]| / 127
+    Wq[j, i] = round(W[j, i] / scale[j])          an integer in [-127, 127]
+    W ~ Wq * scale[:, None]                       off by at most scale[j] / 2 per weight
+
+A per-row scale keeps one row with large weights from costing the others their precision. The scale
+comes out of the sum, so the product needs no float copy of W:
+
+    y = x W^T + b = (x Wq^T) * scale + b
+
+For one row of x (decoding) PyTorch's CPU kernel `_weight_int8pack_mm` does exactly this, converting the
+int8 weights as it reads them (with the activations in bfloat16). For several rows (the prompt, read in
+one pass) that kernel is slow, so we convert Wq to float32 and use a normal matrix product.
+
+Only the `nn.Linear` layers are quantized (the attention and MLP projections, and `lm_head`); the
+embeddings, LayerNorms and biases stay float32. A quantized model is for generation only: it cannot
+be trained, and `save_checkpoint` refuses it (save the float model instead).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+# PyTorch's CPU kernel for (x Wq^T) * scale with int8 Wq; None if this PyTorch build lacks it.
+_int8_matmul = getattr(torch.ops.aten, "_weight_int8pack_mm", None)
+
+
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight (out, in) float -> (int8 weight (out, in), float32 scale (out,)), one scale per output row."""
+    weight = weight.detach().float()
+    scale = weight.abs().amax(dim=1) / 127  # (out,)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero row: any scale gives 0
+    q = torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # (out, in)
+    return q, scale
+
+
+class Int8Linear(nn.Module):
+    """A drop-in for `nn.Linear` (for inference) that keeps its weight as int8 plus a scale per output."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        q, scale = quantize_rows(linear.weight)
+        self.register_buffer("weight_int8", q)  # (out, in)
+        self.register_buffer("scale", scale)  # (out,)
+        self.register_buffer("scale_bf16", scale.bfloat16())  # (out,) the form the decoding kernel takes
+        bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        self.register_buffer("bias", bias)  # (out,) or None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)  # (N, in): every position of every sequence
+        if rows.shape[0] == 1 and _int8_matmul is not None and not rows.is_cuda:
+            # Decoding: one row. The kernel reads the int8 weights and computes (x Wq^T) * scale.
+            y = _int8_matmul(rows.bfloat16(), self.weight_int8, self.scale_bf16)  # (1, out) bfloat16
+        else:  # the prompt (or a GPU): dequantize, then a normal product
+            y = F.linear(rows.float(), self.weight_int8.float()) * self.scale  # (N, out)
+        if self.bias is not None:
+            y = y + self.bias  # float32 from here
+        return y.to(x.dtype).view(*x.shape[:-1], self.out_features)  # (..., out)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Replace every `nn.Linear` of `model` by an `Int8Linear`, in place, and return the model.
+
+    For GPT that is c_attn, c_proj, c_fc and c_proj in every block, and lm_head. lm_head shares its
+    weight with the token embedding wte; after quantizing, lm_head has its own int8 copy and wte stays
+    float32 (looking up one row per token costs nothing worth saving).
+    """
+    model.eval()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, Int8Linear(child))
+    return model
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return any(isinstance(m, Int8Linear) for m in model.modules())
