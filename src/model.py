@@ -55,6 +55,12 @@ class GPTConfig:
         return asdict(self)
 
 
+def dropout_layer(p: float) -> nn.Module:
+    """`nn.Dropout(p)`, or a pass-through when p = 0 (GPT-2 fine-tuning, and every small-data default
+    here): zeroing nothing at random still costs a call per use, which adds up when generating."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
 def causal_mask(T: int, start: int, device: torch.device) -> dict:
     """Arguments for `scaled_dot_product_attention` that let query i (at position start + i) see keys 0..start+i.
 
@@ -113,7 +119,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.d_model, 3 * config.d_model)  # q, k, v for all heads in one matmul
         self.c_proj = nn.Linear(config.d_model, config.d_model)  # mixes the heads back together
         self.c_proj.residual_projection = True  # marker for the scaled init in GPT._init_weights
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = dropout_layer(config.dropout)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
@@ -147,7 +153,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.d_model, 4 * config.d_model)
         self.c_proj = nn.Linear(4 * config.d_model, config.d_model)
         self.c_proj.residual_projection = True
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = dropout_layer(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.c_fc(x)  # (B, T, 4C)
@@ -192,7 +198,7 @@ class GPT(nn.Module):
             dict(
                 wte=nn.Embedding(config.vocab_size, config.d_model),  # token embedding
                 wpe=nn.Embedding(config.block_size, config.d_model),  # position embedding
-                drop=nn.Dropout(config.dropout),
+                drop=dropout_layer(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
                 ln_f=nn.LayerNorm(config.d_model, eps=1e-5),
             )
