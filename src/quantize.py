@@ -2,8 +2,9 @@
 
 Why it helps. Generating one token multiplies one vector by every weight matrix of the model, and each
 weight is used for a single multiply-add. The processor waits for memory, not for arithmetic: GPT-2 124M
-reads 500 MB of float32 weights per token. Stored as int8 (one byte instead of four), the same matrices
-are read about 3x faster here (see `bench/generate.py`).
+reads 500 MB of float32 weights per token. Stored as int8 (one byte instead of four), the same products
+take ~10 ms per token here instead of ~18 ms (see `bench/generate.py`; the int8 kernel is then limited
+by converting the values it reads, no longer by memory).
 
 How. Each output row j of a weight matrix W (out, in) gets its own scale, the largest |w| of the row / 127:
 
@@ -16,9 +17,10 @@ comes out of the sum, so the product needs no float copy of W:
 
     y = x W^T + b = (x Wq^T) * scale + b
 
-For one row of x (decoding) PyTorch's CPU kernel `_weight_int8pack_mm` does exactly this, converting the
-int8 weights as it reads them (with the activations in bfloat16). For several rows (the prompt, read in
-one pass) that kernel is slow, so we convert Wq to float32 and use a normal matrix product.
+For a few rows of x (decoding: one row per sample) PyTorch's CPU kernel `_weight_int8pack_mm` does
+exactly this, converting the int8 weights as it reads them (with the activations in bfloat16). For many
+rows (a prompt, read in one pass) that kernel is slower than a float32 matrix product, so there we
+convert Wq to float32 once and use a normal product.
 
 Only the `nn.Linear` layers are quantized (the attention and MLP projections, and `lm_head`); the
 embeddings, LayerNorms and biases stay float32. A quantized model is for generation only: it cannot
@@ -33,6 +35,7 @@ from torch.nn import functional as F
 
 # PyTorch's CPU kernel for (x Wq^T) * scale with int8 Wq; None if this PyTorch build lacks it.
 _int8_matmul = getattr(torch.ops.aten, "_weight_int8pack_mm", None)
+KERNEL_MAX_ROWS = 32  # measured here: the kernel still wins at 32 rows; at 64 dequantizing + float32 wins
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,10 +62,10 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)  # (N, in): every position of every sequence
-        if rows.shape[0] == 1 and _int8_matmul is not None and not rows.is_cuda:
-            # Decoding: one row. The kernel reads the int8 weights and computes (x Wq^T) * scale.
-            y = _int8_matmul(rows.bfloat16(), self.weight_int8, self.scale_bf16)  # (1, out) bfloat16
-        else:  # the prompt (or a GPU): dequantize, then a normal product
+        if rows.shape[0] <= KERNEL_MAX_ROWS and _int8_matmul is not None and not rows.is_cuda:
+            # Decoding: a row per sample. The kernel reads the int8 weights and computes (x Wq^T) * scale.
+            y = _int8_matmul(rows.bfloat16(), self.weight_int8, self.scale_bf16)  # (N, out) bfloat16
+        else:  # a prompt (or a GPU): dequantize, then a normal product
             y = F.linear(rows.float(), self.weight_int8.float()) * self.scale  # (N, out)
         if self.bias is not None:
             y = y + self.bias  # float32 from here

@@ -60,7 +60,7 @@ def test_an_all_zero_row_stays_zero_without_dividing_by_zero():
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("shape", [(1, 1, 48), (1, 48), (3, 7, 48), (2, 1, 48)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 1, 48), (1, 48), (3, 7, 48), (2, 1, 48), (2, 20, 48)], ids=str)
 def test_layer_computes_the_product_with_the_dequantized_weight(shape, bias):
     torch.manual_seed(0)
     linear = nn.Linear(48, 80, bias=bias)
@@ -71,15 +71,15 @@ def test_layer_computes_the_product_with_the_dequantized_weight(shape, bias):
     y = layer(x)
     assert y.shape == (*shape[:-1], 80) and y.dtype == torch.float32
     expected = reference(layer, x)
-    one_row = math.prod(shape[:-1]) == 1  # decoding: activations go through bfloat16 (8 mantissa bits)
-    tolerance = 2e-2 if one_row else 1e-5
+    few_rows = math.prod(shape[:-1]) <= quantize.KERNEL_MAX_ROWS  # the kernel: bfloat16 activations
+    tolerance = 2e-2 if few_rows else 1e-5
     assert (y.double() - expected).abs().max() <= tolerance * expected.abs().max()
     # And the rounding of the weights moved the result only a little from the float32 layer's:
     exact = linear(x).double()
     assert (y.double() - exact).abs().max() <= 3e-2 * exact.abs().max()
 
 
-def test_one_row_uses_the_int8_kernel_and_several_rows_do_not(monkeypatch):
+def test_decoding_rows_use_the_int8_kernel_and_a_long_prompt_does_not(monkeypatch):
     calls = []
     real = quantize._int8_matmul
     assert real is not None  # this PyTorch has the kernel; without it the layer would be slow, not wrong
@@ -90,10 +90,11 @@ def test_one_row_uses_the_int8_kernel_and_several_rows_do_not(monkeypatch):
 
     monkeypatch.setattr(quantize, "_int8_matmul", recording)
     layer = Int8Linear(nn.Linear(32, 16))
-    layer(torch.randn(1, 1, 32))
-    assert calls == [(1, 32)]
-    layer(torch.randn(1, 5, 32))  # a prompt of 5 tokens: dequantize and multiply instead
-    assert calls == [(1, 32)]
+    layer(torch.randn(1, 1, 32))  # one sample, one new token
+    layer(torch.randn(4, 1, 32))  # --num-samples 4
+    assert calls == [(1, 32), (4, 32)]
+    layer(torch.randn(1, 40, 32))  # a prompt of 40 tokens: dequantize and multiply instead
+    assert calls == [(1, 32), (4, 32)]
 
 
 def test_the_fallback_without_the_kernel_gives_the_same_result(monkeypatch):
