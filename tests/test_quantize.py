@@ -110,9 +110,15 @@ def test_the_fallback_without_the_kernel_gives_the_same_result(monkeypatch):
 # --- a whole GPT ----------------------------------------------------------------------------------------------
 
 
-def make_gpt(seed: int = 0) -> GPT:
+def make_gpt(seed: int = 0, separated: bool = False) -> GPT:
+    """A small GPT; `separated` scales lm_head so logits are well apart, like a trained model's, and the
+    argmax is meaningful."""
     torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=50, block_size=24, n_layer=2, n_head=2, d_model=64)).eval()
+    model = GPT(GPTConfig(vocab_size=50, block_size=24, n_layer=2, n_head=2, d_model=64)).eval()
+    if separated:
+        with torch.no_grad():
+            model.lm_head.weight.mul_(20)
+    return model
 
 
 def test_every_linear_is_replaced_and_the_embeddings_stay_float():
@@ -125,9 +131,7 @@ def test_every_linear_is_replaced_and_the_embeddings_stay_float():
 
 
 def test_quantized_logits_stay_close_to_float32_and_keep_the_argmax():
-    model = make_gpt()
-    with torch.no_grad():  # trained-like logits: well separated, so the argmax is meaningful
-        model.lm_head.weight.mul_(20)
+    model = make_gpt(separated=True)
     int8 = quantize_int8(copy.deepcopy(model))
     idx = torch.randint(0, 50, (3, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -140,9 +144,7 @@ def test_quantized_logits_stay_close_to_float32_and_keep_the_argmax():
 
 
 def test_cached_generation_with_int8_follows_the_float_model():
-    model = make_gpt()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(20)
+    model = make_gpt(separated=True)
     int8 = quantize_int8(copy.deepcopy(model))
     prompt = torch.tensor([[1, 2, 3]])
     tokens = int8.generate(prompt, 40, temperature=0)  # past block_size 24: decode steps and re-prefills
