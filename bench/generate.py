@@ -4,7 +4,7 @@
 
 For two shapes (the 6-layer/384-wide/context-256 char model, and GPT-2 124M), batch 1, a 1-token prompt,
 sampling at temperature 1: tokens/s of ours with the cache, ours without, ours with bf16 weights, ours
-with int8 weights (`src/quantize.py`), and HF `generate` with its cache (and without, for the small
+with int8 weights (`src/engine/quantize.py`), and HF `generate` with its cache (and without, for the small
 shape). Median of `--repeats` runs. The same weights go into both (saved by us as a Hugging Face folder,
 loaded by `transformers`), and greedy continuations are compared token for token in float32. For int8,
 how far its next-token distributions are from float32's on that greedy text: the mean KL divergence
@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from src.checkpoint import save_checkpoint  # noqa: E402
+from src.engine.checkpoint import save_checkpoint  # noqa: E402
+from src.engine.quantize import quantize_int8  # noqa: E402
 from src.model import GPT, GPTConfig  # noqa: E402
-from src.quantize import quantize_int8  # noqa: E402
 from src.tokenizer import CharTokenizer  # noqa: E402
 
 SHAPES = {

@@ -1,13 +1,14 @@
 """What int8 weights cost in quality: validation loss of a trained checkpoint, float32 vs int8.
 
-    python bench/int8_quality.py [--out-dir out] [--data PATH] [--windows 16]
+    python bench/int8_quality.py [--out-dir out] [--data PATH] [--cache-dir DIR] [--windows 16]
 
-Takes the checkpoint `train.py` wrote and the validation part of its text (the last 10%, split as
-training splits it), and scores the next-token loss over `--windows` windows of block_size tokens, the
-way `sample.py` computes them: batch 1, the KV cache, one token per step. So the int8 numbers include
-everything `--int8` changes (rounded weights, and bfloat16 activations inside the int8 kernel). Also
-prints decoding speed for both. A trained model is the oracle that random weights cannot be: its loss
-says whether the rounding hurt what it learned.
+Takes the checkpoint `train.py` wrote and the validation part of its text (the last 10%, split and
+tokenized by the same `prepare_data` that training uses, so the run's token cache is reused), and scores
+the next-token loss over `--windows` windows of block_size tokens, the way `sample.py` computes them:
+batch 1, the KV cache, one token per step. So the int8 numbers include everything `--int8` changes
+(rounded weights, and bfloat16 activations inside the int8 kernel). Also prints decoding speed for both.
+A trained model is the oracle that random weights cannot be: its loss says whether the rounding hurt
+what it learned.
 """
 
 from __future__ import annotations
@@ -24,12 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from src.bpe import ENDOFTEXT  # noqa: E402
-from src.checkpoint import load_checkpoint  # noqa: E402
-from src.corpus import CACHE_DIR, read_documents, resolve_data  # noqa: E402
-from src.dataloader import cached_tokens  # noqa: E402
-from src.quantize import quantize_int8  # noqa: E402
-from src.train import split_text  # noqa: E402
+from src.dataloader import prepare_data  # noqa: E402
+from src.engine.checkpoint import load_pretrained  # noqa: E402
+from src.engine.corpus import CACHE_DIR  # noqa: E402
+from src.engine.quantize import quantize_int8  # noqa: E402
 
 
 @torch.inference_mode()
@@ -52,17 +51,17 @@ def main() -> None:
     parser.add_argument("--out-dir", default="out", help="a checkpoint folder written by train.py")
     parser.add_argument("--data", default=None, help="the text it was trained on (default: the default corpus)")
     parser.add_argument("--windows", type=int, default=16, help="how many validation windows to score")
+    parser.add_argument("--cache-dir", default=str(CACHE_DIR), help="train.py's --cache-dir (default: %(default)s)")
     args = parser.parse_args()
 
-    model, tokenizer, _ = load_checkpoint(args.out_dir)
+    model, tokenizer = load_pretrained(args.out_dir)
     model.eval()
-    separator = "\n\n" if tokenizer.kind == "char" else ENDOFTEXT  # as train.py joins documents
-    _, val_text = split_text(separator.join(read_documents(resolve_data(args.data)[0])), separator)
-    val = torch.from_numpy(cached_tokens(val_text, tokenizer, CACHE_DIR).astype("int64"))
     T = model.config.block_size
+    data = prepare_data(args.data, T, args.cache_dir, tokenizer)  # joined, split and tokenized as train.py does
+    val = torch.from_numpy(data.val.astype("int64"))
     n = min(args.windows, (len(val) - 1) // T)
     windows = torch.stack([val[i * T : i * T + T + 1] for i in range(n)])  # (n, T + 1), without overlap
-    units = len(val) / len(val_text)  # tokens per character
+    units = data.tokens_per_char
 
     rows = {"float32": decoding_loss(model, windows)}
     rows["int8"] = decoding_loss(quantize_int8(copy.deepcopy(model)), windows)

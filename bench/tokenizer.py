@@ -34,9 +34,10 @@ sys.path.insert(0, str(REPO_ROOT))  # so that `src` imports when run as `python 
 import tiktoken  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers  # noqa: E402
 
-from src.bpe import ENDOFTEXT, GPT2_CACHE_DIR, GPT2_LAYOUTS, GPT2_PATTERN, BPETokenizer  # noqa: E402
-from src.corpus import read_text  # noqa: E402
-from src.errors import UserError, run_cli  # noqa: E402
+from src.bpe import ENDOFTEXT, GPT2_PATTERN, BPETokenizer  # noqa: E402
+from src.engine.corpus import CACHE_DIR, read_text  # noqa: E402
+from src.engine.errors import UserError, run_cli  # noqa: E402
+from src.engine.gpt2_files import find_layout, read_tokenizer_files  # noqa: E402
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -53,8 +54,8 @@ def best_time(fn, repeats: int) -> float:
 
 def local_gpt2_dir() -> Path | None:
     """A folder with GPT-2's files on this machine, if any (no download: a benchmark must not need a network)."""
-    for folder in (os.environ.get("GPT2_TOKENIZER_DIR"), GPT2_CACHE_DIR):
-        if folder and any(all((Path(folder) / name).is_file() for name in layout) for layout in GPT2_LAYOUTS):
+    for folder in (os.environ.get("GPT2_TOKENIZER_DIR"), CACHE_DIR / "gpt2"):
+        if folder and find_layout(folder) is not None:
             return Path(folder)
     return None
 
@@ -88,9 +89,10 @@ def vocabulary(text: str, folder: Path) -> tuple[str, Path]:
 
 
 def encode_rows(text: str, folder: Path) -> tuple[list[tuple], str]:
-    ours = BPETokenizer.from_gpt2(folder)
-    vocab_name, merges_name = next(layout for layout in GPT2_LAYOUTS if (folder / layout[0]).is_file())
-    hf = hf_byte_level(models.BPE.from_file(str(folder / vocab_name), str(folder / merges_name)))
+    vocab, merges, specials = read_tokenizer_files(folder)
+    ours = BPETokenizer.from_token_strings(vocab, merges, specials, GPT2_PATTERN, str(folder))
+    vocab_file, merges_file = find_layout(folder)
+    hf = hf_byte_level(models.BPE.from_file(str(vocab_file), str(merges_file)))
     tk = tiktoken.Encoding(
         name="bench",
         pat_str=GPT2_PATTERN,

@@ -7,9 +7,9 @@ Speed: for two shapes -- the user's (6 layers, 6 heads, d_model 384, context 256
 laptop configuration (4 layers, 4 heads, 128 wide, context 64, batch 12) -- in float32 and under bf16
 autocast, dropout 0: 3 warm-up steps, then `--steps` timed optimizer steps of `src.train.train_step` (the
 very function the training loop calls: forward, backward, clipping, AdamW) on the model, optimizer and
-data loader that train.py builds. Reported: ms per step (median), tokens/s, model GFLOP/s (FLOPs per
-token from src.estimate x tokens/s) and that as a fraction of this CPU's measured fp32 and bf16 matmul
-peaks (src.hardware.cpu_peaks), with nanoGPT's times on a 2-core machine (the project lead's
+data loader that train.py builds. Reported: ms per step (median), tokens/s, model GFLOP/s (the model's
+`flops_per_token()` x tokens/s) and that as a fraction of this CPU's measured fp32 and bf16 matmul
+peaks (src.engine.perf.cpu_peaks), with nanoGPT's times on a 2-core machine (the project lead's
 measurements) and the ratio ours / nanoGPT (> 1: we are faster). nanoGPT runs in float32 on a CPU.
 
 Quality (--quality): `python src/train.py --preset quality-300s --data ../shared/data/tinyshakespeare.txt`
@@ -40,14 +40,13 @@ sys.path.insert(0, str(REPO_ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from src import distributed  # noqa: E402
-from src.config import parse_args  # noqa: E402
-from src.dataloader import BatchLoader  # noqa: E402
-from src.device import autocast  # noqa: E402
-from src.estimate import flops_per_token  # noqa: E402
-from src.hardware import cpu_peaks  # noqa: E402
-from src.optim import configure_optimizer  # noqa: E402
-from src.train import build_model, estimate_loss, prepare_data, train_step  # noqa: E402
+from src.dataloader import BatchLoader, prepare_data  # noqa: E402
+from src.engine.config import parse_args  # noqa: E402
+from src.engine.corpus import CACHE_DIR  # noqa: E402
+from src.engine.distributed import Distributed  # noqa: E402
+from src.engine.perf import cpu_peaks  # noqa: E402
+from src.engine.precision import Precision  # noqa: E402
+from src.train import build_model, configure_optimizer, estimate_loss, train_step  # noqa: E402
 
 VOCAB = 65  # tiny Shakespeare's characters; the speed does not depend on which ids the batches hold
 QUALITY_DATA = "../shared/data/tinyshakespeare.txt"  # relative to the repo root
@@ -67,7 +66,7 @@ NOTES = (
 
 
 def time_steps(flags: list[str], dtype: str, steps: int, warmup: int):
-    """(seconds of each timed optimizer step, the TrainConfig, the GPTConfig) for this shape and precision."""
+    """(seconds of each timed optimizer step, the TrainConfig, the model) for this shape and precision."""
     cfg = parse_args([*flags, "--dropout", "0", "--dtype", dtype, "--device", "cpu", "--compile", "off"])
     torch.manual_seed(cfg.seed)
     device = torch.device("cpu")
@@ -75,30 +74,29 @@ def time_steps(flags: list[str], dtype: str, steps: int, warmup: int):
     loader = BatchLoader(tokens, cfg.block_size, cfg.batch_size, device, seed=cfg.seed)
     model = build_model(cfg, VOCAB).to(device)
     optimizer = configure_optimizer(model, cfg.lr, cfg.weight_decay, device, cfg.beta2)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    ctx = autocast(device, torch.bfloat16 if dtype == "bfloat16" else torch.float32)
-    info = distributed.Dist()
+    precision = Precision(device, torch.bfloat16 if dtype == "bfloat16" else torch.float32)  # no scaler
+    ddp = Distributed()  # one process
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
-        _, _, stepped = train_step(model, optimizer, scaler, loader, 1, ctx, info, cfg.grad_clip)
+        _, _, healthy = train_step(model, optimizer, loader, 1, precision, ddp, cfg.grad_clip)
         if i >= warmup:
             times.append(time.perf_counter() - start)
-        assert stepped, "a non-finite gradient in the benchmark"
-    return times, cfg, model.config
+        assert healthy, "a non-finite gradient in the benchmark"
+    return times, cfg, model
 
 
 def speed_table(steps: int, warmup: int) -> str:
-    peaks = cpu_peaks()
+    peaks = cpu_peaks(CACHE_DIR)
     header = (f"{'shape':<40} {'dtype':<9} {'ms/step':>8} {'best ms':>8} {'tokens/s':>9} {'GFLOP/s':>8} {'%fp32pk':>8} "
               f"{'%bf16pk':>8} {'nanoGPT ms':>10} {'ours/nGPT':>9}")
     lines = [header, "-" * len(header)]
     for name, (flags, nanogpt_s) in SHAPES.items():
         for dtype in ("float32", "bfloat16"):
-            times, cfg, config = time_steps(flags, dtype, steps, warmup)
+            times, cfg, model = time_steps(flags, dtype, steps, warmup)
             per_step = statistics.median(times)
             tokens_per_s = cfg.batch_size * cfg.block_size / per_step
-            flops = flops_per_token(config) * tokens_per_s
+            flops = model.flops_per_token() * tokens_per_s
             lines.append(
                 f"{name:<40} {dtype:<9} {per_step * 1e3:>8.1f} {min(times) * 1e3:>8.1f} {tokens_per_s:>9,.0f} "
                 f"{flops / 1e9:>8.1f} {flops / peaks['fp32']:>8.1%} {flops / peaks['bf16']:>8.1%} "
@@ -153,15 +151,14 @@ def quality_run(budget: float, extra: list[str]) -> None:
         elapsed = clock.get("stopped", time.time()) - started if started else float("nan")
         cfg = parse_args(flags)
         if stopped:  # measure the saved model on train.py's validation batches
-            from src.checkpoint import load_checkpoint
-            from src.device import resolve_dtype
+            from src.engine.checkpoint import load_pretrained
 
-            model, _, _ = load_checkpoint(tmp)
-            _, _, val_tokens, _ = prepare_data(cfg, is_main=False)
+            model, tokenizer = load_pretrained(tmp)
+            val_tokens = prepare_data(str(data), cfg.block_size, cfg.cache_dir, tokenizer).val
             batches = BatchLoader(val_tokens, cfg.block_size, cfg.batch_size,
                                   split="validation").fixed_batches(cfg.eval_iters)
-            dtype, _ = resolve_dtype(cfg.dtype, torch.device("cpu"))
-            val = estimate_loss(model, batches, autocast(torch.device("cpu"), dtype), distributed.Dist())
+            precision = Precision.choose("cpu", cfg.dtype)
+            val = estimate_loss(model, batches, precision.autocast_ctx, Distributed())
         else:
             rows = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines() if x.strip()]
             val = [r for r in rows if r.get("event") == "eval"][-1]["val_loss"]

@@ -5,8 +5,8 @@ It cannot look further back than one token, so it learns which letters tend to f
 and nothing more. It is the baseline every better model must beat: on Shakespeare it gets stuck near a
 loss of 2.5, while the GPT gets well below 1.6.
 
-It has the same interface as GPT (forward returns (logits, loss); generate), so `train.py` and
-`sample.py` handle both alike.
+It has the same small interface as GPT (forward returns (logits, loss); `block_size`, `num_params`,
+`flops_per_token`, `new_kv_cache`, `generate`, `export`), so `train.py` and `sample.py` handle both alike.
 """
 
 from __future__ import annotations
@@ -43,6 +43,19 @@ class BigramLanguageModel(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self) -> float:
+        """0: looking up a row of the table multiplies nothing (the MFU of a bigram model means nothing)."""
+        return 0.0
+
+    def new_kv_cache(self, batch_size: int) -> None:
+        """None: the model looks at one token, so there is nothing to keep between generation steps."""
+        return None
+
+    def export(self, eos_token_id: int | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+        """What a checkpoint folder holds: (config.json, the tensors). Not a GPT-2, so the folder is ours alone."""
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        return {"model_type": "bigram", **self.config.to_dict()}, tensors
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None

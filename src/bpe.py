@@ -24,8 +24,9 @@ encoding share that one constant through `pretokenize`, so they always split tex
 `pattern=None` turns splitting off (the whole text is one piece), as in the example above.
 
 Why the odd characters in the files: GPT-2's `vocab.json` and `merges.txt` store tokens as strings,
-with each byte written as a printable stand-in character (`BYTE_TO_UNICODE`): a space is "Ġ", a
-newline "Ċ". Our own files use the same alphabet, so " the" reads as "Ġthe" in both.
+with each byte written as a printable stand-in character: a space is "Ġ", a newline "Ċ" (the table and
+the reason are in `engine/gpt2_files.py`). Our own files use the same alphabet, so " the" reads as "Ġthe"
+in both.
 
 Training counts pairs once per *distinct* pre-token, weighted by how often it occurs, and after each
 merge re-counts only the words that contain the merged pair (a dict maps each pair to those words);
@@ -33,9 +34,12 @@ a heap with lazy invalidation picks the most frequent pair. Ties go to the pair 
 right bytes) is smallest, so the result never depends on the order of the text's words. Training
 stops early, with a warning, when no pair occurs twice any more.
 
-Encoding keeps a cache from pre-token to ids, because real text repeats words: most of the work is
-the regex and dict lookups. Merging inside one pre-token uses a heap and a linked list, O(n log n),
-so even a huge pre-token ("a" * 100_000 is one) is fast, where rescanning all pairs is O(n^2).
+Encoding, read it in two steps. `merge_plain` is the loop to understand first (minbpe's): find the
+adjacent pair with the lowest rank, merge it everywhere, repeat until no pair has a merge. It rescans
+the whole piece after every merge, O(n^2), which one huge pre-token ("a" * 100_000 is one) makes
+hopeless. `merge_fast` gives the same ids (a test checks) in O(n log n), with a heap and a linked list,
+and `encode` uses it, with a cache from pre-token to ids, because real text repeats words: most of the
+work is then the regex and dict lookups.
 
 Special tokens such as "<|endoftext|>" are opt-in when encoding: by default `encode` raises if the
 text contains one, because text from users or the web must not be able to inject a control token.
@@ -43,32 +47,29 @@ Pass `allowed_special="all"` (or a set) to encode them as special tokens, "none"
 plain text.
 
 Files: `save`/`load` use a versioned JSON file (type, version, pattern, special tokens, the merges
-as pairs of readable token strings, and the vocabulary). `from_gpt2(folder)` reads GPT-2's released
-files in either layout (Hugging Face: vocab.json + merges.txt; OpenAI: encoder.json + vocab.bpe) and
-`BPETokenizer.gpt2()` finds them (see `gpt2_files`).
-
-Printing tokens one at a time as a model generates them: `StreamDecoder` (a character can be split
-across tokens, so it holds back incomplete UTF-8 sequences instead of printing U+FFFD).
+as pairs of readable token strings, and the vocabulary). GPT-2's own released files (vocab.json +
+merges.txt) are read by `engine/checkpoint.py`'s `gpt2_tokenizer`, with the formats in
+`engine/gpt2_files.py`.
 """
 
 from __future__ import annotations
 
-import codecs
 import heapq
 import json
+import math
 import os
 import warnings
 from collections import Counter
 from functools import lru_cache
 from itertools import pairwise
-from pathlib import Path
 
 import regex
 from tqdm import tqdm
 
-from src.corpus import CACHE_DIR, atomic_write_bytes, atomic_write_text, read_json
-from src.errors import UserError
-from src.hub import download
+from src.engine.errors import UserError
+from src.engine.files import read_json
+from src.engine.gpt2_files import ENDOFTEXT, str_to_token, token_to_str  # GPT-2's byte alphabet
+from src.tokenizer import Tokenizer
 
 FORMAT_VERSION = 1
 
@@ -78,46 +79,6 @@ FORMAT_VERSION = 1
 # (\p{L}, \p{N}, \s follow the `regex` package's Unicode tables. tiktoken and HF `tokenizers` use their
 # own; for characters that only a recent Unicode version assigns, the three can split text differently.)
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
-ENDOFTEXT = "<|endoftext|>"  # GPT-2's only special token, id 50256 in its vocabulary
-
-GPT2_HUB_REPO = "openai-community/gpt2"
-GPT2_CACHE_DIR = CACHE_DIR / "gpt2"
-GPT2_LAYOUTS = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))  # Hugging Face, OpenAI
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's printable stand-in character for each byte value.
-
-    Bytes that are printable Latin-1 characters other than space ('!'..'~', '¡'..'¬', '®'..'ÿ') stand
-    for themselves. The other 68 (control bytes, space, 0x7f..0xa0, soft hyphen 0xad) get U+0100,
-    U+0101, ... in byte order, so space (0x20) becomes 'Ġ' (U+0120) and newline (0x0a) 'Ċ' (U+010A).
-    """
-    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
-    mapping = {}
-    n_stand_ins = 0
-    for byte in range(256):
-        if byte in printable:
-            mapping[byte] = chr(byte)
-        else:
-            mapping[byte] = chr(256 + n_stand_ins)
-            n_stand_ins += 1
-    return mapping
-
-
-BYTE_TO_UNICODE = _bytes_to_unicode()
-UNICODE_TO_BYTE = {char: byte for byte, char in BYTE_TO_UNICODE.items()}
-
-
-def token_to_str(token: bytes) -> str:
-    """A token's bytes in GPT-2's readable alphabet: b" the" -> "Ġthe"."""
-    return "".join(BYTE_TO_UNICODE[byte] for byte in token)
-
-
-def str_to_token(text: str) -> bytes:
-    """Inverse of `token_to_str`: "Ġthe" -> b" the". Raises KeyError for characters outside the alphabet."""
-    return bytes(UNICODE_TO_BYTE[char] for char in text)
-
 
 @lru_cache(maxsize=16)
 def _compiled(pattern: str):
@@ -161,7 +122,7 @@ _CACHE_MAX_PIECE = 64  # longer pieces are not cached (they rarely repeat, and w
 _CACHE_SIZE = 200_000  # the cache is emptied when it holds this many pieces
 
 
-class BPETokenizer:
+class BPETokenizer(Tokenizer):
     """A byte-level BPE tokenizer: a vocabulary (id -> bytes), merges in rank order, special tokens."""
 
     kind = "bpe"
@@ -219,6 +180,11 @@ class BPETokenizer:
     def eot_token_id(self) -> int | None:
         """The id of "<|endoftext|>" (50256 in GPT-2), or None if this tokenizer has no such token."""
         return self.special_tokens.get(ENDOFTEXT)
+
+    @property
+    def document_separator(self) -> str:
+        """"<|endoftext|>" between documents: it teaches the model where a text ends (a blank line without it)."""
+        return ENDOFTEXT if ENDOFTEXT in self.special_tokens else "\n\n"
 
     def __repr__(self) -> str:
         return (
@@ -334,22 +300,40 @@ class BPETokenizer:
     def _encode_piece(self, piece: str) -> list[int]:
         byte_ids = self._byte_ids
         ids = [byte_ids[byte] for byte in piece.encode("utf-8")]
-        ids = self._merge(ids)
+        ids = self.merge_fast(ids)
         if len(piece) <= _CACHE_MAX_PIECE:
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.clear()
             self._cache[piece] = ids
         return ids
 
-    def _merge(self, ids: list[int]) -> list[int]:
-        """Apply the merges to one piece: repeatedly merge the adjacent pair with the lowest rank
-        (the leftmost one if it occurs more than once) until no adjacent pair has a merge.
+    def merge_plain(self, ids: list[int]) -> list[int]:
+        """Apply the merges to one piece, the plain way: while some adjacent pair has a merge, merge the
+        pair learned earliest (lowest rank), at every place it occurs, left to right.
 
-        The obvious way, rescanning all pairs after each merge, takes O(n^2) time, and one pre-token
-        can be a megabyte long ("a" * 1_000_000). This way takes O(n log n), and is as fast for short
-        words. Tokens live in a doubly linked list over their start positions (a merge never moves
-        the start of the left token). A heap holds (rank, position) for each adjacent pair that has
-        a merge, so the next merge is the heap's smallest entry. Entries go stale when a neighbour
+            >>> tok = BPETokenizer.train("aaabdaaabac", vocab_size=259, pattern=None)
+            >>> tok.merge_plain([97, 97, 97, 98, 100])       # a a a b d: aa, then ab, then aa+ab
+            [258, 100]
+
+        Each round rescans every pair of the piece: O(n^2) for a piece of n bytes. `merge_fast` gives the
+        same result in O(n log n); `encode` uses that one.
+        """
+        while len(ids) >= 2:
+            pair = min(pairwise(ids), key=lambda p: self._ranks.get(p, math.inf))  # the earliest-learned pair
+            if pair not in self._ranks:
+                return ids  # no adjacent pair has a merge: done
+            ids = merge_pair(ids, pair, self._merged[self._ranks[pair]])
+        return ids
+
+    def merge_fast(self, ids: list[int]) -> list[int]:
+        """The same as `merge_plain` (a test checks it), in O(n log n) time instead of O(n^2).
+
+        Merging the pair of lowest rank one occurrence at a time, leftmost first, is the same as merging it
+        everywhere at once: a merge can only make pairs that contain its new token, and those were learned
+        later, so they rank higher. One pre-token can be a megabyte long ("a" * 1_000_000), and this way is
+        as fast for short words too. Tokens live in a doubly linked list over their start positions (a
+        merge never moves the start of the left token). A heap holds (rank, position) for each adjacent
+        pair that has a merge, so the next merge is the heap's smallest entry. Entries go stale when a neighbour
         merges first; instead of deleting them we skip them when popped ("lazy invalidation"): an
         entry is still valid iff the pair at its position still has that rank (a rank is one pair).
         """
@@ -392,16 +376,8 @@ class BPETokenizer:
                 f"token id {err.args[0]} is not in the tokenizer's vocabulary (ids 0..{self.vocab_size - 1})"
             ) from None
 
-    def decode(self, ids) -> str:
-        """Ids -> text. Byte sequences that are not valid UTF-8 (a model can produce them) become U+FFFD."""
-        return self.decode_bytes(ids).decode("utf-8", errors="replace")
-
     # -----------------------------------------------------------------------------------------------
     # Files
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the tokenizer as human-readable JSON (atomically): one merge, and one token, per line."""
-        atomic_write_text(path, self.to_json())
 
     def to_dict(self) -> dict:
         """Everything that defines the tokenizer, with tokens as strings in GPT-2's readable alphabet."""
@@ -440,36 +416,11 @@ class BPETokenizer:
         missing = [key for key in ("pattern", "special_tokens", "merges", "vocab") if key not in data]
         if missing:
             raise UserError(f"{source} is missing the key(s) {missing}")
-        return cls._from_token_strings(data["vocab"], data["merges"], data["special_tokens"], data["pattern"], source)
+        return cls.from_token_strings(data["vocab"], data["merges"], data["special_tokens"], data["pattern"], source)
 
     @classmethod
-    def from_gpt2(cls, directory: str | os.PathLike) -> BPETokenizer:
-        """Load GPT-2's released tokenizer files (or any vocabulary saved in that format).
-
-        Either layout works: Hugging Face's vocab.json + merges.txt, or OpenAI's encoder.json + vocab.bpe.
-        "<|endoftext|>", if the vocabulary has it, becomes the special token (id 50256 in GPT-2).
-        """
-        directory = Path(directory)
-        files = _gpt2_layout(directory)
-        if files is None:
-            raise UserError(
-                f"{directory} does not hold GPT-2 tokenizer files: expected vocab.json + merges.txt "
-                "(Hugging Face layout) or encoder.json + vocab.bpe (OpenAI layout)"
-            )
-        vocab_path, merges_path = files
-        vocab = read_json(vocab_path, "GPT-2 vocabulary file")
-        specials = {ENDOFTEXT: vocab.pop(ENDOFTEXT)} if ENDOFTEXT in vocab else {}
-        merges = _read_merges(merges_path)
-        return cls._from_token_strings(vocab, merges, specials, GPT2_PATTERN, str(directory))
-
-    @classmethod
-    def gpt2(cls, cache_dir: str | os.PathLike | None = None) -> BPETokenizer:
-        """GPT-2's own tokenizer (50257 tokens), from files found (or downloaded) by `gpt2_files`."""
-        return cls.from_gpt2(gpt2_files(cache_dir))
-
-    @classmethod
-    def _from_token_strings(cls, vocab: dict, merges: list, special_tokens: dict, pattern, source: str):
-        """Build from GPT-2-style strings: vocab {"Ġthe": 262, ...}, merges [["Ġ", "the"], ...]."""
+    def from_token_strings(cls, vocab: dict, merges: list, special_tokens: dict, pattern, source: str):
+        """Build from tokens written in GPT-2's byte alphabet: vocab {"Ġthe": 262, ...}, merges [["Ġ", "the"], ...]."""
         try:
             id_vocab = {int(i): str_to_token(token) for token, i in vocab.items()}
         except (KeyError, TypeError, ValueError, AttributeError):
@@ -587,86 +538,3 @@ def _split_on_specials(text: str, specials) -> list[str]:
         return [text]
     longest_first = sorted(specials, key=len, reverse=True)  # so "<|a|>b" wins over "<|a|>"
     return regex.split("(" + "|".join(regex.escape(s) for s in longest_first) + ")", text)
-
-
-# ---------------------------------------------------------------------------------------------------
-# GPT-2's files.
-
-
-def _gpt2_layout(directory: Path) -> tuple[Path, Path] | None:
-    """(vocabulary file, merges file) in `directory`, in either layout, or None if neither is complete."""
-    for vocab_name, merges_name in GPT2_LAYOUTS:
-        if (directory / vocab_name).is_file() and (directory / merges_name).is_file():
-            return directory / vocab_name, directory / merges_name
-    return None
-
-
-def _read_merges(path: Path) -> list[tuple[str, str]]:
-    """merges.txt / vocab.bpe: a "#version: 0.2" line, then one merge per line: "Ġ t", "h e", ..."""
-    merges = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
-        line = line.rstrip("\r")
-        if not line or (number == 1 and line.startswith("#version")):
-            continue
-        pair = line.split(" ")
-        if len(pair) != 2:
-            raise UserError(f"{path}, line {number}: expected two tokens separated by one space, got {line!r}")
-        merges.append((pair[0], pair[1]))
-    return merges
-
-
-def gpt2_files(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The folder that holds GPT-2's tokenizer files, downloading them into it if they are missing.
-
-    Looks in `cache_dir`, else in $GPT2_TOKENIZER_DIR, else in data/.cache/gpt2/. If the folder lacks
-    them, tries to download vocab.json and merges.txt from the Hugging Face Hub (this needs the optional
-    `huggingface_hub` package and a network) and keeps a copy there. Otherwise raises a UserError that
-    says which files to put where.
-    """
-    folder = Path(cache_dir or os.environ.get("GPT2_TOKENIZER_DIR") or GPT2_CACHE_DIR)
-    if _gpt2_layout(folder) is not None:
-        return folder
-    advice = (
-        f"GPT-2's tokenizer files are not in {folder}/ either: put vocab.json and merges.txt (from "
-        f"https://huggingface.co/{GPT2_HUB_REPO}) or encoder.json and vocab.bpe (from OpenAI's GPT-2 release) "
-        f"into {folder}/, or set GPT2_TOKENIZER_DIR to a folder that holds them"
-    )
-    downloaded = download(GPT2_HUB_REPO, list(GPT2_LAYOUTS[0]), advice)
-    for name in GPT2_LAYOUTS[0]:  # keep a copy beside our other caches
-        atomic_write_bytes(folder / name, (downloaded / name).read_bytes())
-    return folder
-
-
-# ---------------------------------------------------------------------------------------------------
-# Printing tokens as they are generated.
-
-
-class StreamDecoder:
-    """Decodes token ids one at a time, holding back characters that are split across tokens.
-
-    A byte-level token can end in the middle of a character: "😀" is 4 bytes and may be 2 tokens.
-    Decoding each token on its own would print U+FFFD (�) twice instead of 😀. An incremental UTF-8
-    decoder keeps the incomplete bytes until the rest arrives; `flush` releases whatever is left
-    (an unfinished character becomes U+FFFD only then). Concatenating everything `push` and `flush`
-    return gives exactly `tokenizer.decode(ids)`.
-
-        stream = StreamDecoder(tokenizer)
-        for token_id in generated:
-            print(stream.push(token_id), end="", flush=True)
-        print(stream.flush())
-
-    Works with any tokenizer that has `decode_bytes` (BPE) or `decode` (the char tokenizer).
-    """
-
-    def __init__(self, tokenizer):
-        decode_bytes = getattr(tokenizer, "decode_bytes", None)
-        self._decode_bytes = decode_bytes or (lambda ids: tokenizer.decode(ids).encode("utf-8"))
-        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def push(self, token_id: int) -> str:
-        """Add one token; return the text it completes (may be "" while a character is unfinished)."""
-        return self._utf8.decode(self._decode_bytes([token_id]))
-
-    def flush(self) -> str:
-        """End of stream: return any held-back bytes (an incomplete character becomes U+FFFD)."""
-        return self._utf8.decode(b"", final=True)

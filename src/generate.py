@@ -6,8 +6,12 @@
         append next to the sequence
 
 The same loop serves every model in this project (bigram and GPT): all it needs is a model that maps
-(B, T) token ids to (B, T, V) logits and has a `block_size`. The context is cropped to the last
-`block_size` tokens, so generation can run for any number of tokens.
+(B, T) token ids to (B, T, V) logits, has a `block_size`, and makes a KV cache (`new_kv_cache`; the
+bigram's is None: it looks at one token anyway). The context is cropped to the last `block_size` tokens,
+so generation can run for any number of tokens.
+
+`generate` works on token ids; `generate_text` takes a prompt as text and returns the continuation as
+text, through a tokenizer.
 
 With a KV cache (GPT only, `use_cache=True`, the default) the loop computes the same thing faster:
 1. prefill: run the whole prompt once, keeping every layer's keys and values in the cache;
@@ -25,7 +29,9 @@ from collections.abc import Iterator
 
 import torch
 
+from src.engine.errors import UserError
 from src.sampling import apply_repetition_penalty, check_sampling_args, sample_next_token
+from src.tokenizer import Tokenizer
 
 
 def make_generators(seed: int | list[int] | None, batch_size: int, device) -> list[torch.Generator] | None:
@@ -51,13 +57,16 @@ def generate_tokens(
     repetition_penalty: float = 1.0,
     use_cache: bool = True,
 ) -> Iterator[torch.Tensor]:
-    """Yield the next token of every row, (B, 1), `max_new_tokens` times. idx: (B, T) prompt ids."""
+    """Yield the next token of every row, (B, 1), `max_new_tokens` times. idx: (B, T) prompt ids.
+
+    The sampling settings are checked here, once; the loop below then trusts them.
+    """
     check_sampling_args(temperature, top_k, top_p, repetition_penalty)
     if idx.dim() != 2 or idx.shape[1] == 0:
         raise ValueError(f"the prompt must be a non-empty (B, T) tensor, got shape {tuple(idx.shape)}")
     generators = make_generators(seed, idx.shape[0], idx.device)
     block_size = model.block_size
-    cache = model.new_kv_cache(idx.shape[0]) if use_cache and hasattr(model, "new_kv_cache") else None
+    cache = model.new_kv_cache(idx.shape[0]) if use_cache else None  # None for the bigram: nothing to cache
 
     was_training = model.training
     model.eval()  # dropout off: generation uses the whole model
@@ -98,3 +107,24 @@ def generate(model, idx, max_new_tokens: int, **options):
     new = list(generate_tokens(model, idx, max_new_tokens, **options))  # max_new_tokens x (B, 1)
     out = torch.cat([idx, *new], dim=1)  # (B, T + max_new_tokens)
     return out[0].tolist() if as_list else out
+
+
+def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """The prompt's ids; an empty prompt starts from a newline (the start of a line of text)."""
+    if prompt:
+        return tokenizer.encode(prompt)
+    try:
+        return tokenizer.encode("\n")
+    except UserError:  # a char vocabulary without a newline
+        return [0]
+
+
+def generate_text(model, tokenizer: Tokenizer, prompt: str, max_new_tokens: int, **options) -> str:
+    """Text in, text out: the continuation of `prompt` (without the prompt), `max_new_tokens` tokens long.
+
+    A prompt longer than the model's context is cropped to its last `block_size` tokens. Options as for
+    `generate`.
+    """
+    ids = encode_prompt(tokenizer, prompt)[-model.block_size :]
+    out = generate(model, ids, max_new_tokens, **options)
+    return tokenizer.decode(out[len(ids) :])

@@ -16,19 +16,36 @@ logits as Hugging Face `transformers` (a test proves it):
 - `lm_head` shares its weight with the token embedding `wte` ("weight tying");
 - init N(0, 0.02), with the two projections that write into the residual stream scaled by 1/sqrt(2 * n_layer).
 Parameter names are GPT-2's (`transformer.wte`, `transformer.h.0.attn.c_attn`, ...), so loading weights is
-a key-for-key copy.
+a key-for-key copy, apart from one detail of how Hugging Face stores them (see "GPT-2's weights" below).
+
+After `GPT` comes what makes generation fast, the KV cache (`KVCache`, see also generate.py).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from src.engine.errors import UserError
+from src.engine.files import load_tensors, read_json
 from src.generate import generate as _generate
+
+
+def default_n_head(d_model: int) -> int:
+    """The number of attention heads when none is given: heads 64 wide, as in every GPT-2.
+
+    GPT-2 small is 768 wide with 12 heads, medium 1024 with 16, large 1280 with 20, XL 1600 with 25: always
+    64 per head. A width that is not a multiple of 64 gets the number of heads that makes them closest to
+    64 wide: 32 -> 1 head of 32, 100 -> 2 heads of 50, 96 -> 2 heads of 48.
+    """
+    divisors = [n for n in range(1, d_model + 1) if d_model % n == 0]
+    return min(divisors, key=lambda n: (abs(d_model / n - 64), n))
 
 
 @dataclass
@@ -38,12 +55,14 @@ class GPTConfig:
     vocab_size: int = 65  # number of distinct tokens (characters, for a char-level model)
     block_size: int = 256  # context length: the most tokens the model can look at
     n_layer: int = 6  # number of transformer blocks
-    n_head: int = 6  # attention heads per block
+    n_head: int | None = None  # attention heads per block; None: heads 64 wide (see default_n_head)
     d_model: int = 384  # width of the residual stream ("n_embd" in GPT-2's config)
     dropout: float = 0.0  # dropout probability during training (0 for GPT-2 fine-tuning and small data)
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model"):
+        if self.n_head is None and isinstance(self.d_model, int) and self.d_model >= 1:
+            self.n_head = default_n_head(self.d_model)
+        for name in ("vocab_size", "block_size", "n_layer", "d_model", "n_head"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.d_model % self.n_head != 0:
@@ -53,6 +72,46 @@ class GPTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    # GPT-2's config.json, as Hugging Face writes it: other names for the same sizes ("n_embd" for d_model).
+
+    def to_hf(self, eos_token_id: int | None = None) -> dict:
+        """This config as a Hugging Face GPT2Config dictionary (config.json of a GPT-2 folder)."""
+        return {
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "vocab_size": self.vocab_size,
+            "n_positions": self.block_size,
+            "n_ctx": self.block_size,
+            "n_embd": self.d_model,
+            "n_layer": self.n_layer,
+            "n_head": self.n_head,
+            "n_inner": None,  # None = 4 * n_embd
+            "activation_function": "gelu_new",  # the tanh approximation of GELU
+            "resid_pdrop": self.dropout,
+            "embd_pdrop": self.dropout,
+            "attn_pdrop": self.dropout,
+            "layer_norm_epsilon": 1e-5,
+            "initializer_range": 0.02,
+            "scale_attn_weights": True,
+            "tie_word_embeddings": True,
+            "bos_token_id": eos_token_id,
+            "eos_token_id": eos_token_id,
+            "torch_dtype": "float32",
+        }
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> GPTConfig:
+        """A Hugging Face GPT-2 config dictionary -> GPTConfig, refusing what GPT-2 code cannot run."""
+        if hf.get("activation_function", "gelu_new") != "gelu_new":
+            raise UserError(f"unsupported activation_function {hf['activation_function']!r} (GPT-2 uses gelu_new)")
+        try:
+            if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
+                raise UserError(f"unsupported n_inner {hf['n_inner']} (GPT-2 uses 4 * n_embd)")
+            return cls(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
+                       n_head=hf["n_head"], d_model=hf["n_embd"], dropout=hf.get("resid_pdrop", 0.0))
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"invalid GPT-2 config.json ({err!r})") from None
 
 
 def dropout_layer(p: float) -> nn.Module:
@@ -73,34 +132,6 @@ def causal_mask(T: int, start: int, device: torch.device) -> dict:
     if T == 1:
         return {}
     return {"attn_mask": torch.ones(T, start + T, dtype=torch.bool, device=device).tril(diagonal=start)}
-
-
-class KVCache:
-    """Keys and values of the tokens seen so far, for every layer, so generation computes each token once.
-
-    Without a cache, producing token t+1 runs the model over all t tokens again. But the keys and values
-    of earlier tokens never change (a token only attends backwards), so we store them and feed the model
-    just the newest token. Memory is allocated once, for the whole context: per layer, k and v of shape
-    (B, nh, block_size, hs). It is left uninitialised (`torch.empty`), because only positions already
-    written are ever read. `pos` counts the positions filled, which is also the position (for the
-    position embedding) of the next token.
-    """
-
-    def __init__(self, config: GPTConfig, batch_size: int, device, dtype: torch.dtype = torch.float32):
-        shape = (batch_size, config.n_head, config.block_size, config.d_model // config.n_head)
-        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.pos = 0
-
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, nh, T, hs) at positions pos..pos+T of `layer`; return all keys/values up to there."""
-        end = self.pos + k.shape[2]
-        self.k[layer][:, :, self.pos : end] = k
-        self.v[layer][:, :, self.pos : end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # (B, nh, end, hs) each
-
-    def reset(self) -> None:
-        self.pos = 0
 
 
 class CausalSelfAttention(nn.Module):
@@ -234,6 +265,19 @@ class GPT(nn.Module):
         """Number of parameters, each counted once (the tied wte/lm_head matrix once)."""
         return sum(p.numel() for p in self.parameters())  # parameters() already yields shared tensors once
 
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token (forward + backward) at full context: 6N + 12 * L * C * T.
+
+        Each weight is used in one multiply-add (2 FLOPs) forward and two backward (the gradients of its
+        input and of itself): 6 per weight N (N leaves out the position embeddings, a lookup; lm_head's
+        V x C counts once, though tied). Attention's own two matmuls, q.k^T and weights.v, add
+        2 * 2 * C * T per layer forward, x3 with backward: 12 * L * C * T (counted in full, as in the PaLM
+        paper, though the causal mask makes half of it zeros). The MFU in the training log divides this
+        times tokens/s by the hardware's peak.
+        """
+        C, L, T = self.config.d_model, self.config.n_layer, self.config.block_size
+        return 6 * (self.num_params() - self.transformer.wpe.weight.numel()) + 12 * L * C * T
+
     def forward(
         self,
         idx: torch.Tensor,
@@ -279,9 +323,110 @@ class GPT(nn.Module):
         """Continue `idx` by `max_new_tokens` tokens. See `src.generate.generate` for the options."""
         return _generate(self, idx, max_new_tokens, **sampling)
 
-    @classmethod
-    def from_pretrained(cls, path) -> GPT:
-        """Load a model saved by `train.py` (a Hugging Face GPT-2 folder) from `path`."""
-        from src.checkpoint import load_model
+    def crop_block_size(self, block_size: int) -> None:
+        """Shorten the context to `block_size` (to fine-tune GPT-2, whose context is 1024, on shorter windows).
 
-        return load_model(path)
+        The position table `wpe` keeps its first `block_size` rows, which are exactly what the model used for
+        positions 0..block_size-1, so nothing else changes.
+        """
+        if block_size > self.config.block_size:
+            raise UserError(f"--block-size {block_size} is longer than this model's context ({self.config.block_size})")
+        self.config = replace(self.config, block_size=block_size)
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
+        self.transformer.wpe.num_embeddings = block_size
+
+    # --- GPT-2's weights, in Hugging Face's files ------------------------------------------------------
+    # GPT-2 was written with "Conv1D" layers that store their weight as (in, out), the transpose of
+    # nn.Linear's (out, in), so four weights per block are transposed on the way in and out. lm_head.weight
+    # is not stored: it is wte's, re-tied on load. Hugging Face's names are ours (no prefix in GPT2Model files).
+
+    CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # old causal-mask buffers some GPT-2 files carry
+
+    def export(self, eos_token_id: int | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+        """What a checkpoint folder holds: (config.json, the tensors of model.safetensors), in Hugging Face's
+        GPT-2 layout, so `transformers.GPT2LMHeadModel.from_pretrained(folder)` loads it."""
+        tensors = {}
+        for name, tensor in self.state_dict().items():
+            if name == "lm_head.weight":
+                continue  # the same tensor as transformer.wte.weight
+            if name.endswith(self.CONV1D_WEIGHTS):
+                tensor = tensor.t()
+            tensors[name] = tensor.detach().to("cpu", torch.float32).contiguous()
+        return self.config.to_hf(eos_token_id), tensors
+
+    def load_hf_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Load Hugging Face GPT-2 tensors into this model, checking every name and shape."""
+        expected = {k: v.shape for k, v in self.state_dict().items() if k != "lm_head.weight"}
+        state, unexpected = {}, []
+        for name, tensor in tensors.items():
+            if name.endswith(self.IGNORED_SUFFIXES) or name == "lm_head.weight":
+                continue  # mask buffers; lm_head is re-tied to wte
+            key = name if name.startswith("transformer.") else "transformer." + name
+            if key not in expected:
+                unexpected.append(name)
+                continue
+            if key.endswith(self.CONV1D_WEIGHTS):
+                tensor = tensor.t()
+            if tensor.shape != expected[key]:
+                raise UserError(f"weight {name} is {tuple(tensor.shape)}, the config says {tuple(expected[key])}")
+            state[key] = tensor
+        missing = sorted(expected.keys() - state.keys())
+        if missing or unexpected:
+            raise UserError(
+                f"weights do not match a GPT-2 of this config: missing {missing[:5]}{'...' if len(missing) > 5 else ''}"
+                f", unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+            )
+        self.load_state_dict(state, strict=False)  # strict=False: lm_head is tied to wte
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | os.PathLike, block_size: int | None = None, dropout: float | None = None
+    ) -> GPT:
+        """A GPT-2 from a Hugging Face GPT-2 folder: `config.json` + `model.safetensors` (or an older folder's
+        `pytorch_model.bin`), such as `train.py` saves. `block_size` shortens the context (`crop_block_size`),
+        `dropout` replaces the saved rate. For the tokenizer too, or a released GPT-2 by name ("gpt2"), use
+        `load_pretrained` in engine/checkpoint.py.
+        """
+        folder = Path(folder)
+        config = GPTConfig.from_hf(read_json(folder / "config.json", "model config"))
+        if dropout is not None:
+            config = replace(config, dropout=dropout)
+        weights = folder / "model.safetensors"
+        if not weights.exists() and (folder / "pytorch_model.bin").exists():
+            weights = folder / "pytorch_model.bin"  # a pickle: read with weights_only=True (engine/files.py)
+        if not weights.exists():
+            raise UserError(f"no weights in {folder}: expected model.safetensors beside config.json")
+        model = cls(config)
+        model.load_hf_state_dict(load_tensors(weights))
+        if block_size is not None:
+            model.crop_block_size(block_size)
+        return model
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, for every layer, so generation computes each token once.
+
+    Without a cache, producing token t+1 runs the model over all t tokens again. But the keys and values
+    of earlier tokens never change (a token only attends backwards), so we store them and feed the model
+    just the newest token. Memory is allocated once, for the whole context: per layer, k and v of shape
+    (B, nh, block_size, hs). It is left uninitialised (`torch.empty`), because only positions already
+    written are ever read. `pos` counts the positions filled, which is also the position (for the
+    position embedding) of the next token.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, device, dtype: torch.dtype = torch.float32):
+        shape = (batch_size, config.n_head, config.block_size, config.d_model // config.n_head)
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.pos = 0
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nh, T, hs) at positions pos..pos+T of `layer`; return all keys/values up to there."""
+        end = self.pos + k.shape[2]
+        self.k[layer][:, :, self.pos : end] = k
+        self.v[layer][:, :, self.pos : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # (B, nh, end, hs) each
+
+    def reset(self) -> None:
+        self.pos = 0

@@ -22,13 +22,16 @@ What the flags do:
   sampled with `--seed`, so the same prompt gets the same answer.
 - `--repetition-penalty P` (> 1) makes tokens already in the text less likely; `--no-cache` turns the
   KV cache off (slower, same text: a way to see what the cache buys).
-- `--int8` stores the weights as int8 with one scale per row (`src/quantize.py`) before generating: on a
+- `--int8` stores the weights as int8 with one scale per row (`engine/quantize.py`) before generating: on a
   CPU, where reading the weights is what a token costs, about 2x faster; the text differs slightly from
   float32's (rounded weights), so `--seed` reproduces an `--int8` text only with `--int8`.
 
+A prompt longer than the model's context is cut to its last `block_size` tokens (the model cannot see
+further back), with a note on stderr saying so.
+
 stdout holds nothing but the generated text (and `--- sample i ---` headers for several samples), so it
 can be piped or compared; everything else (prompts of `--interactive`, speed, the size of a large model,
-errors) goes to stderr.
+notes, errors) goes to stderr. Decoding the stream and cutting it at stop strings is engine/textstream.py.
 """
 
 from __future__ import annotations
@@ -45,29 +48,21 @@ if __package__ in (None, ""):  # run as `python src/sample.py`: make the `src` p
 
 import torch
 
-from src.bpe import StreamDecoder
-from src.checkpoint import (
-    CONFIG,
-    TOKENIZER,
-    folder_tokenizer,
-    gpt_config_from_hf,
-    load_checkpoint,
-    load_model,
-    resolve_pretrained,
-)
-from src.device import resolve_device
-from src.errors import UserError, run_cli
-from src.estimate import describe, param_count
-from src.generate import generate_tokens
-from src.model import GPT
-from src.quantize import quantize_int8
-from src.sampling import check_sampling_args, find_stop
+from src.engine.checkpoint import CONFIG, load_pretrained, resolve_pretrained
+from src.engine.errors import ArgumentParser, UserError, run_cli
+from src.engine.perf import describe, param_count
+from src.engine.precision import resolve_device
+from src.engine.quantize import quantize_int8
+from src.engine.textstream import Continuation
+from src.generate import encode_prompt, generate_tokens
+from src.model import GPTConfig
+from src.sampling import check_sampling_args
 
 LARGE_MODEL = 100_000_000  # parameters; above this, say how much memory the model needs before loading it
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog="python src/sample.py",
         description="Generate text with a model trained by src/train.py (or a released GPT-2).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -93,21 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context every step (no KV cache)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu", help="where to run the model")
     p.add_argument("--int8", action="store_true",
-                   help="int8 weights: about 2x faster on a CPU, text slightly different (see src/quantize.py)")
+                   help="int8 weights: about 2x faster on a CPU, text slightly different (see engine/quantize.py)")
     return p
 
 
 # --- input ---------------------------------------------------------------------------------------------------
-
-
-def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """Encode the prompt; with no prompt, start from a newline (the start of a line of text)."""
-    if prompt:
-        return tokenizer.encode(prompt)
-    try:
-        return tokenizer.encode("\n")
-    except UserError:  # a char vocabulary without a newline
-        return [0]
 
 
 def read_prompt(args) -> str:
@@ -142,85 +127,28 @@ def check_args(args) -> None:
 
 
 def size_line(path: Path) -> str | None:
-    """'124.4M parameters: weights 0.50 GB; ...' for a large GPT-2 folder, read from config.json alone."""
+    """'124,439,808 parameters: weights 0.50 GB' for a large GPT-2 folder, read from config.json alone."""
     try:
         hf = json.loads((path / CONFIG).read_text(encoding="utf-8"))
-        config = gpt_config_from_hf(hf) if hf.get("model_type") == "gpt2" else None
+        config = GPTConfig.from_hf(hf) if hf.get("model_type") == "gpt2" else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError, UserError):
-        return None  # load_model reports a broken folder properly
+        return None  # load_pretrained reports a broken folder properly
     if config is None:
         return None
-    if param_count(config.vocab_size, config.block_size, config.n_layer, config.d_model) <= LARGE_MODEL:
-        return None
-    return describe(config, train=False)
+    n = param_count(config.vocab_size, config.block_size, config.n_layer, config.d_model)
+    return describe(n, train=False) if n > LARGE_MODEL else None
 
 
 def load(out_dir: str):
-    """(model, tokenizer) from a folder `train.py` wrote, or a GPT-2 folder without our tokenizer file."""
+    """(model, tokenizer) from a folder `train.py` wrote, a Hugging Face GPT-2 folder, or a released GPT-2."""
     path = resolve_pretrained(out_dir)
     line = size_line(path)
     if line:
         print(f"loading {out_dir}: {line}", file=sys.stderr)
-    if (path / TOKENIZER).exists() or not (path / CONFIG).exists():
-        model, tokenizer, _ = load_checkpoint(path)  # also explains a missing or empty folder
-        return model, tokenizer
-    model = load_model(path)  # a Hugging Face GPT-2 folder: it was trained with GPT-2's tokenizer
-    if not isinstance(model, GPT):
-        raise UserError(f"tokenizer file not found: {path / TOKENIZER}")
-    tokenizer = folder_tokenizer(path)
-    if tokenizer.vocab_size != model.config.vocab_size:
-        raise UserError(f"{path} has no {TOKENIZER}, and GPT-2's tokenizer ({tokenizer.vocab_size} tokens) does "
-                        f"not fit this model ({model.config.vocab_size} tokens)")
-    return model, tokenizer
+    return load_pretrained(path)
 
 
 # --- generation ------------------------------------------------------------------------------------------------
-
-
-class Continuation:
-    """The text of one generated row, decoded as its tokens arrive and cut before the first stop string.
-
-    `add` takes the row's next token; `done` turns True at a stop string, at "<|endoftext|>" or at `finish`.
-    `new_text` returns the text that is final but not yet returned: for streaming, everything except the
-    last (longest stop string - 1) characters, which could still turn out to begin a stop string.
-    """
-
-    def __init__(self, tokenizer, stops: list[str]):
-        self.decoder = StreamDecoder(tokenizer)
-        self.stops = stops
-        self.eot = getattr(tokenizer, "eot_token_id", None)  # None for the char tokenizer
-        self.holdback = max((len(s) for s in stops), default=1) - 1
-        self.text = ""
-        self.shown = 0  # characters of `text` already returned by new_text
-        self.done = False
-
-    def add(self, token: int) -> None:
-        if self.done:
-            return  # the batch goes on for other rows; this one has ended
-        if token == self.eot:
-            self.finish()
-            return
-        self.text += self.decoder.push(token)
-        self._cut()
-
-    def finish(self) -> None:
-        """End of generation: release held-back bytes (an unfinished character becomes U+FFFD)."""
-        if not self.done:
-            self.text += self.decoder.flush()
-            self._cut()
-            self.done = True
-
-    def _cut(self) -> None:
-        at = find_stop(self.text, self.stops) if self.stops else None
-        if at is not None:
-            self.text = self.text[:at]
-            self.done = True
-
-    def new_text(self) -> str:
-        end = len(self.text) if self.done else len(self.text) - self.holdback
-        piece = self.text[self.shown : end] if end > self.shown else ""
-        self.shown = max(self.shown, end)
-        return piece
 
 
 def continue_prompt(model, rows: list[Continuation], ids: list[int], args, seed: int, on_token=None) -> int:
@@ -256,11 +184,10 @@ def continue_prompt(model, rows: list[Continuation], ids: list[int], args, seed:
 
 def answer(model, tokenizer, prompt: str, args, stops: list[str]) -> None:
     """Print `--num-samples` continuations of `prompt`, each as prompt + continuation."""
-    ids = prompt_ids(tokenizer, prompt)
-    if isinstance(model, GPT) and len(ids) > model.block_size:
-        raise UserError(
-            f"the prompt is {len(ids)} tokens long, but the model's context is {model.block_size}: shorten it"
-        )
+    ids = encode_prompt(tokenizer, prompt)
+    if len(ids) > model.block_size:
+        print(f"note: the prompt is {len(ids)} tokens long and the model's context is {model.block_size}: it sees "
+              f"only the last {model.block_size}", file=sys.stderr)
     header = (lambda i: f"--- sample {i + 1} ---") if args.num_samples > 1 else None
     if not args.stream:  # all samples in one batch, printed at the end
         rows = [Continuation(tokenizer, stops) for _ in range(args.num_samples)]

@@ -21,18 +21,19 @@ keeps exactly k tokens (not every token equal to the k-th value), top-p breaks t
 greedy decoding picks the lowest id among equal maxima. The result is deterministic, whatever order
 the sorting kernel happens to return equal values in.
 
-`find_stop` finds where a stop string begins in generated text, so a caller can cut the text there.
+`check_sampling_args` validates the settings; `generate` calls it once, on entry, and the functions here
+trust their arguments after that (no checks once per generated token).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 
-from src.errors import UserError
+from src.engine.errors import UserError
 
 
 def check_sampling_args(
@@ -154,8 +155,8 @@ def sample_next_token(
     generators, one per row, row i drawn with generators[i]. With a list, every row is exactly what a
     batch of one would give with the same generator, so a batch of samples can reproduce samples that
     were drawn one at a time from their own seeds. Generators must be on the device of `logits`.
+    The settings are assumed valid (`check_sampling_args`).
     """
-    check_sampling_args(temperature, top_k, top_p)
     if logits.dim() != 2:
         raise ValueError(f"sample_next_token expects logits of shape (B, V), got {tuple(logits.shape)}")
     logits = logits.float()  # (B, V)
@@ -195,27 +196,3 @@ def draw(
     cdf = probs.double().cumsum(dim=-1)  # (B, V) running total
     u = (1.0 - r) * cdf[:, -1:]  # (B, 1) in (0, total]
     return torch.searchsorted(cdf, u)  # (B, 1): first i with cdf[i] >= u
-
-
-def find_stop(text: str, stop_strings: Iterable[str]) -> int | None:
-    """Index in `text` where the earliest stop string begins, or None if none occurs.
-
-    The caller cuts the output there (`text[:index]`), so the stop string itself is not shown.
-
-        >>> find_stop("Q: hi\\nA: hello\\nQ: bye", ["\\nQ:", "###"])
-        14
-
-    A stop string can be split across tokens ("\\n" in one token, "Q:" in the next), so search the
-    text generated so far, not only the newest token's piece. A streaming caller that searches only
-    recent text must keep at least the last `max(len(s) for s in stop_strings) - 1` characters of
-    earlier text in the search, and should hold that many characters back from the screen until it
-    knows they do not start a stop string.
-    """
-    best = None
-    for stop in stop_strings:
-        if not stop:
-            raise UserError("stop strings must not be empty (an empty string matches everywhere)")
-        index = text.find(stop)
-        if index != -1 and (best is None or index < best):
-            best = index
-    return best

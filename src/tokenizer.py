@@ -20,25 +20,88 @@ Module-level `encode`, `decode` and `vocab_size` use the vocabulary of the defau
 
     from src.tokenizer import encode, decode, vocab_size
 
-The vocabulary is built on first use, not at import, so importing this module stays instant.
+The vocabulary is built on first use, not at import, so importing this module stays instant. These know
+only the default text's characters: a trained model carries its own tokenizer in its folder, and
+`load_pretrained` (engine/checkpoint.py) returns the two together.
 
-Every tokenizer (this one and the BPE one in `bpe.py`) offers the same shape: `encode`, `decode`,
-`vocab_size`, `save(path)` and a `load(path)` classmethod; `load_tokenizer` reads either kind back.
+Every tokenizer (this one and the byte-level BPE one in `bpe.py`) implements the `Tokenizer` interface
+below, so the rest of the project (data preparation, training, generation, checkpoints) never needs to
+know which kind it holds.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from abc import ABC, abstractmethod
 from functools import lru_cache
 
-from src.corpus import atomic_write_text, read_json, read_text, resolve_data
-from src.errors import UserError
+from src.engine.corpus import read_text, resolve_data
+from src.engine.errors import UserError
+from src.engine.files import atomic_write_text, read_json
 
 FORMAT_VERSION = 1
 
 
-class CharTokenizer:
+class Tokenizer(ABC):
+    """What every tokenizer offers. `CharTokenizer` (below) and `BPETokenizer` (bpe.py) implement it.
+
+        encode(text) -> ids            text to token ids
+        decode(ids) -> text            and back
+        decode_bytes(ids) -> bytes     the raw bytes the ids stand for (printing tokens one at a time needs
+                                       them: a BPE token can end in the middle of a character)
+        vocab_size                     one more than the largest id: the size of a model's embedding table
+        eot_token_id                   the id of GPT-2's "<|endoftext|>" token (where a text ends), or None
+        document_separator             what goes between two documents of a training text
+        to_dict() / from_dict(data)    the tokenizer as JSON, saved beside every checkpoint
+    """
+
+    kind: str  # the "type" field of the saved file: "char" or "bpe"
+    document_separator: str = "\n\n"  # a blank line, unless the tokenizer has an end-of-text token
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int: ...
+
+    @property
+    def eot_token_id(self) -> int | None:
+        return None
+
+    @abstractmethod
+    def encode(self, text: str, allowed_special="none_raise") -> list[int]:
+        """Text -> ids. `allowed_special="all"` encodes special-token strings as their tokens (see bpe.py)."""
+
+    @abstractmethod
+    def decode_bytes(self, ids) -> bytes:
+        """Ids (a list, or a 1-D tensor) -> the bytes they stand for."""
+
+    def decode(self, ids) -> str:
+        """Ids -> text. Bytes that are not valid UTF-8 (a BPE model can produce them) become U+FFFD."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    @abstractmethod
+    def to_dict(self) -> dict:
+        """Everything that defines the tokenizer, as JSON-able values, with "type" and "version"."""
+
+    @classmethod
+    @abstractmethod
+    def from_dict(cls, data: dict) -> Tokenizer:
+        """Inverse of `to_dict`; a UserError for a file that is not a valid tokenizer of this kind."""
+
+    def to_json(self) -> str:
+        """`to_dict` as human-readable JSON."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n"
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the tokenizer file (atomically)."""
+        atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Tokenizer:
+        return cls.from_dict(read_json(path, "tokenizer file"))
+
+
+class CharTokenizer(Tokenizer):
     """Maps characters to ids (`stoi`) and ids back to characters (`itos`)."""
 
     kind = "char"
@@ -59,7 +122,7 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(self.chars)
 
-    def encode(self, text: str, unknown: str = "error", allowed_special=None) -> list[int]:
+    def encode(self, text: str, allowed_special=None, unknown: str = "error") -> list[int]:
         """Text -> list of ids. `unknown`: "error" (default) or "replace" for unseen characters.
 
         (`allowed_special` is accepted so that both tokenizers can be called alike; a char vocabulary
@@ -86,20 +149,15 @@ class CharTokenizer:
         except KeyError as err:
             raise UserError(f"token id {err.args[0]} is outside the vocabulary (size {self.vocab_size})") from None
 
+    def decode_bytes(self, ids) -> bytes:
+        return self.decode(ids).encode("utf-8")
+
     def encode_ordinary(self, text: str) -> list[int]:
         """Same as `encode`: a char vocabulary has no special tokens (the BPE tokenizer's API has both)."""
         return self.encode(text)
 
     def to_dict(self) -> dict:
         return {"type": self.kind, "version": FORMAT_VERSION, "chars": self.chars}
-
-    def to_json(self) -> str:
-        """The vocabulary as human-readable JSON, one character per line."""
-        return json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n"
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the vocabulary file (atomically)."""
-        atomic_write_text(path, self.to_json())
 
     @classmethod
     def from_dict(cls, data: dict) -> CharTokenizer:
@@ -111,23 +169,6 @@ class CharTokenizer:
         if len(set(chars)) != len(chars):
             raise UserError("a char tokenizer file lists the same character twice")
         return cls(chars)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> CharTokenizer:
-        return cls.from_dict(read_json(path, "tokenizer file"))
-
-
-def load_tokenizer(path: str | os.PathLike):
-    """Load any tokenizer saved by this project, choosing the class from the file's "type" field."""
-    data = read_json(path, "tokenizer file")
-    kind = data.get("type")
-    if kind == CharTokenizer.kind:
-        return CharTokenizer.from_dict(data)
-    if kind in ("bpe", "gpt2"):
-        from src.bpe import BPETokenizer
-
-        return BPETokenizer.load(path)
-    raise UserError(f"{path}: unknown tokenizer type {kind!r}")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Oracles (test-only, never imported by src/):
 - tiktoken: an `Encoding` built from the byte strings our trainer produced (rank = id) must give the
   same ids as our encoder, on generated text in many scripts and with special tokens.
 - Hugging Face `tokenizers`: a byte-level BPE trained by that library and saved as vocab.json +
-  merges.txt (GPT-2's layout) must load with `from_gpt2` and encode exactly like the library does,
+  merges.txt (GPT-2's layout) must load through `read_tokenizer_files` and encode exactly like the library does,
   in both the Hugging Face layout and the OpenAI one (encoder.json + vocab.bpe).
 
 Everything is offline: the corpus is generated here from a fixed seed.
@@ -23,20 +23,28 @@ import tiktoken
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import src.engine.hub
 from src.bpe import (
-    BYTE_TO_UNICODE,
     GPT2_PATTERN,
     BPETokenizer,
-    StreamDecoder,
-    gpt2_files,
     merge_pair,
     pretokenize,
 )
-from src.errors import UserError
-from src.tokenizer import CharTokenizer, load_tokenizer
+from src.engine.checkpoint import gpt2_tokenizer, load_tokenizer
+from src.engine.errors import UserError
+from src.engine.gpt2_files import BYTE_TO_UNICODE, read_tokenizer_files
+from src.engine.hub import gpt2_tokenizer_folder
+from src.engine.textstream import StreamDecoder
+from src.tokenizer import CharTokenizer
 
 EOT = "<|endoftext|>"
 PAD = "<|pad|>"
+
+
+def from_gpt2(folder) -> BPETokenizer:
+    """GPT-2's tokenizer files in `folder` (either layout) as our tokenizer (what `BPETokenizer.from_gpt2` was)."""
+    vocab, merges, specials = read_tokenizer_files(folder)
+    return BPETokenizer.from_token_strings(vocab, merges, specials, GPT2_PATTERN, str(folder))
 
 # Text that trips tokenizers: scripts with multi-byte UTF-8, combining marks, emoji sequences, odd
 # whitespace, contractions in all cases, digits, control characters.
@@ -307,8 +315,8 @@ def hf(tmp_path_factory) -> types.SimpleNamespace:
         library=library,
         hf_dir=hf_dir,
         openai_dir=openai_dir,
-        ours=BPETokenizer.from_gpt2(hf_dir),
-        ours_openai=BPETokenizer.from_gpt2(openai_dir),
+        ours=from_gpt2(hf_dir),
+        ours_openai=from_gpt2(openai_dir),
     )
 
 
@@ -332,47 +340,75 @@ def test_both_gpt2_layouts_load_the_same_tokenizer(hf):
 
 def test_from_gpt2_needs_the_files(tmp_path):
     with pytest.raises(UserError, match="vocab.json \\+ merges.txt"):
-        BPETokenizer.from_gpt2(tmp_path)
+        from_gpt2(tmp_path)
     (tmp_path / "vocab.json").write_text('{"a": 0}', encoding="utf-8")
     (tmp_path / "merges.txt").write_text("#version: 0.2\na b c\n", encoding="utf-8")
     with pytest.raises(UserError, match="line 2"):
-        BPETokenizer.from_gpt2(tmp_path)
+        from_gpt2(tmp_path)
 
 
 def test_gpt2_files_offline_says_which_files_to_put_where(tmp_path, monkeypatch):
     monkeypatch.delenv("GPT2_TOKENIZER_DIR", raising=False)
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # makes `import huggingface_hub` fail
     with pytest.raises(UserError) as caught:
-        gpt2_files(tmp_path)
+        gpt2_tokenizer_folder(tmp_path)
     message = str(caught.value)
-    for needed in ("vocab.json", "merges.txt", "encoder.json", "vocab.bpe", str(tmp_path), "GPT2_TOKENIZER_DIR"):
+    folder = str(tmp_path / "gpt2")  # the cache folder's gpt2/
+    for needed in ("vocab.json", "merges.txt", "encoder.json", "vocab.bpe", folder, "GPT2_TOKENIZER_DIR"):
         assert needed in message
     assert "not installed" in message
 
 
 def test_gpt2_files_when_the_download_fails(tmp_path, monkeypatch):
+    calls = []
+
     def offline(*args, **kwargs):
+        calls.append(kwargs)
         raise OSError("no network")
 
+    monkeypatch.delenv("GPT2_TOKENIZER_DIR", raising=False)
     hub = types.ModuleType("huggingface_hub")
     hub.hf_hub_download = offline
     monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
+    # The Hub answers, but the download fails.
+    monkeypatch.setattr(src.engine.hub, "hub_reachable", lambda *a, **k: True)
     with pytest.raises(UserError, match="failed \\(OSError\\).*vocab.json and merges.txt"):
-        BPETokenizer.gpt2(tmp_path)
+        gpt2_tokenizer(tmp_path)
+    assert calls[0] == {"local_files_only": True} and {} in calls  # the Hub cache first, then a real download
+    # The Hub cannot be reached: one look into the Hub cache, then the error at once, with no download attempt.
+    calls.clear()
+    monkeypatch.setattr(src.engine.hub, "hub_reachable", lambda *a, **k: False)
+    with pytest.raises(UserError, match="vocab.json and merges.txt.*cannot be reached"):
+        gpt2_tokenizer(tmp_path)
+    assert calls == [{"local_files_only": True}]
+    assert not (tmp_path / "gpt2").exists()
 
 
 def test_gpt2_files_found_in_a_folder_or_downloaded_into_it(hf, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
-    assert gpt2_files(hf.hf_dir) == hf.hf_dir
-    monkeypatch.setenv("GPT2_TOKENIZER_DIR", str(hf.openai_dir))
-    assert gpt2_files() == hf.openai_dir
-    assert BPETokenizer.gpt2().encode("Hello world") == hf.library.encode("Hello world").ids
+    monkeypatch.delenv("GPT2_TOKENIZER_DIR", raising=False)
+    cache = tmp_path / "cache"  # GPT-2's files in the cache folder's gpt2/
+    (cache / "gpt2").mkdir(parents=True)
+    for name in ("vocab.json", "merges.txt"):
+        (cache / "gpt2" / name).write_bytes((hf.hf_dir / name).read_bytes())
+    assert gpt2_tokenizer_folder(cache) == cache / "gpt2"
+    assert gpt2_tokenizer(cache).encode("Hello world") == hf.library.encode("Hello world").ids
+    monkeypatch.setenv("GPT2_TOKENIZER_DIR", str(hf.openai_dir))  # wins over the cache folder
+    assert gpt2_tokenizer_folder(cache) == hf.openai_dir
+    assert gpt2_tokenizer(tmp_path / "elsewhere").encode("Hello world") == hf.library.encode("Hello world").ids
+    monkeypatch.delenv("GPT2_TOKENIZER_DIR")
 
-    hub = types.ModuleType("huggingface_hub")  # a "download" that copies from the HF-layout folder
-    hub.hf_hub_download = lambda repo, name: str(hf.hf_dir / name)
+    def hf_hub_download(repo, name, **kwargs):  # a "download" that copies from the HF-layout folder
+        if kwargs.get("local_files_only"):
+            raise FileNotFoundError(name)  # not in the Hub cache yet
+        return str(hf.hf_dir / name)
+
+    hub = types.ModuleType("huggingface_hub")
+    hub.hf_hub_download = hf_hub_download
     monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
+    monkeypatch.setattr(src.engine.hub, "hub_reachable", lambda *a, **k: True)
     target = tmp_path / "gpt2"
-    assert gpt2_files(target) == target
+    assert gpt2_tokenizer_folder(tmp_path) == target
     assert (target / "merges.txt").read_bytes() == (hf.hf_dir / "merges.txt").read_bytes()
 
 

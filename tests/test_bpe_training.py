@@ -9,9 +9,8 @@ What is checked here, beyond the tokenizer itself (that is `test_bpe.py`):
 - bits per byte / per character in the metrics agree with a recomputation from the data;
 - a folder of documents is joined with "<|endoftext|>" (subword tokenizers) or a blank line (char).
 
-Everything is offline and small. In-process runs point `src.train.CACHE_DIR` into `tmp_path`; the one
-subprocess training run writes its token cache into the repo's (git-ignored) data/.cache/tokens and the
-test deletes exactly the two files it made.
+Everything is offline and small. Every run, in-process or a subprocess, gets a cache folder (`cache_dir`,
+`--cache-dir`) inside `tmp_path`, so token files never land in a shared cache.
 """
 
 from __future__ import annotations
@@ -28,19 +27,21 @@ import numpy as np
 import pytest
 
 import src.train
-from src.bpe import ENDOFTEXT, BPETokenizer
-from src.checkpoint import load_checkpoint
-from src.config import TrainConfig
-from src.corpus import CACHE_DIR as REPO_CACHE_DIR
+from src.bpe import ENDOFTEXT, GPT2_PATTERN, BPETokenizer
 from src.dataloader import (
+    Data,
     cached_tokens,
+    prepare_data,
     read_token_file,
     token_array,
     train_val_split,
     write_token_file,
 )
-from src.errors import UserError
-from src.tokenizer import CharTokenizer, load_tokenizer
+from src.engine.checkpoint import load_pretrained, read_training
+from src.engine.config import TrainConfig
+from src.engine.errors import UserError
+from src.engine.gpt2_files import read_tokenizer_files
+from src.tokenizer import CharTokenizer
 
 LN2 = math.log(2)
 
@@ -83,7 +84,21 @@ TINY_FLAGS = [
 
 
 def tiny_cfg(data, out_dir=None, **overrides) -> TrainConfig:
+    if "cache_dir" in overrides:
+        overrides["cache_dir"] = str(overrides["cache_dir"])  # a path, as parse_args would give it
     return TrainConfig(**{**TINY, "data": str(data), "out_dir": str(out_dir or "unused"), **overrides})
+
+
+def prepare(cfg: TrainConfig) -> Data:
+    """Step 1 of `train`: the data of a run with these settings (GPT-2's tokenizer for --tokenizer gpt2)."""
+    ready_made = src.train.ready_made_tokenizer(cfg)
+    return prepare_data(cfg.data, cfg.block_size, cfg.cache_dir, ready_made, cfg.tokenizer, cfg.vocab_size)
+
+
+def from_gpt2(folder) -> BPETokenizer:
+    """GPT-2's tokenizer files in `folder` as our tokenizer, read directly (not through the cache lookup)."""
+    vocab, merges, specials = read_tokenizer_files(folder)
+    return BPETokenizer.from_token_strings(vocab, merges, specials, GPT2_PATTERN, str(folder))
 
 
 def read_metrics(out_dir) -> list[dict]:
@@ -100,9 +115,8 @@ def cache_key(text: str, tokenizer) -> str:
 
 
 @pytest.fixture
-def token_cache(tmp_path, monkeypatch):
-    """Point prepare_data's cache into tmp_path; returns the folder the token files land in."""
-    monkeypatch.setattr(src.train, "CACHE_DIR", tmp_path / "cache")
+def token_cache(tmp_path):
+    """The folder the token files land in, for a run with `cache_dir=token_cache.parent` (inside tmp_path)."""
     return tmp_path / "cache" / "tokens"
 
 
@@ -139,44 +153,43 @@ class CountingEncode:
 def test_bpe_trains_end_to_end_saves_its_tokenizer_and_sample_py_uses_it(tmp_path, write, run_cli):
     data = write("input.txt", english(5000, seed=11))
     out = tmp_path / "out"
+    cache = tmp_path / "cache"
     proc = run_cli("src/train.py", "--data", data, "--out-dir", out, "--tokenizer", "bpe", "--vocab-size", "300",
-                   *TINY_FLAGS)
-    try:
-        assert proc.returncode == 0, proc.stderr
-        assert "Traceback" not in proc.stderr
-        assert "bpe tokenizer with 300 tokens" in proc.stdout
-        done = [line for line in proc.stdout.splitlines() if line.startswith("done in")]
-        assert len(done) == 1 and "bits/byte" in done[0], proc.stdout
+                   "--cache-dir", cache, *TINY_FLAGS)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "bpe tokenizer with 300 tokens" in proc.stdout
+    done = [line for line in proc.stdout.splitlines() if line.startswith("done in")]
+    assert len(done) == 1 and "bits/byte" in done[0], proc.stdout
 
-        saved = json.loads((out / "scratch_tokenizer.json").read_text(encoding="utf-8"))
-        assert saved["type"] == "bpe"
-        assert saved["special_tokens"] == {ENDOFTEXT: 299}  # the special token is counted in the 300
-        assert len(saved["vocab"]) + len(saved["special_tokens"]) == 300
-        assert len(saved["merges"]) == 300 - 256 - 1
-        assert json.loads((out / "config.json").read_text())["vocab_size"] == 300
+    saved = json.loads((out / "scratch_tokenizer.json").read_text(encoding="utf-8"))
+    assert saved["type"] == "bpe"
+    assert saved["special_tokens"] == {ENDOFTEXT: 299}  # the special token is counted in the 300
+    assert len(saved["vocab"]) + len(saved["special_tokens"]) == 300
+    assert len(saved["merges"]) == 300 - 256 - 1
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == 300
 
-        model, tokenizer, training = load_checkpoint(out)
-        assert isinstance(tokenizer, BPETokenizer) and tokenizer.vocab_size == 300
-        assert model.config.vocab_size == 300 and training["config"]["tokenizer"] == "bpe"
-        # The saved tokenizer is the one learned from the training split (same merges, same ids).
-        train_text, _ = train_val_split(ENDOFTEXT.join([data.read_text(encoding="utf-8")]))
-        assert tokenizer.to_dict() == BPETokenizer.train(train_text, 300, special_tokens=[ENDOFTEXT]).to_dict()
+    model, tokenizer = load_pretrained(out)
+    training = read_training(out)
+    assert isinstance(tokenizer, BPETokenizer) and tokenizer.vocab_size == 300
+    assert model.config.vocab_size == 300 and training["config"]["tokenizer"] == "bpe"
+    # The saved tokenizer is the one learned from the training split (same merges, same ids).
+    train_text, _ = train_val_split(ENDOFTEXT.join([data.read_text(encoding="utf-8")]))
+    assert tokenizer.to_dict() == BPETokenizer.train(train_text, 300, special_tokens=[ENDOFTEXT]).to_dict()
 
-        prompt = "The king"
-        sample = run_cli("src/sample.py", "--out-dir", out, "--prompt", prompt, "--max-new-tokens", "10")
-        assert sample.returncode == 0, sample.stderr
-        assert sample.stdout.startswith(prompt)
-        assert "Traceback" not in sample.stderr
-        assert sample.stdout.startswith(prompt) and sample.stdout.endswith("\n")
-        continuation = sample.stdout[len(prompt):-1]
-        assert continuation  # it generated something
-        # At most 10 tokens of this vocabulary (a byte that is not valid UTF-8 prints as one U+FFFD).
-        assert len(continuation) <= 10 * max(len(token) for token in tokenizer.vocab.values())
-    finally:  # the subprocess cached its tokens in the repo's data/.cache/tokens: remove exactly those files
-        if (out / "scratch_tokenizer.json").exists():
-            saved_tokenizer = load_tokenizer(out / "scratch_tokenizer.json")
-            for part in train_val_split(ENDOFTEXT.join([data.read_text(encoding="utf-8")])):
-                (REPO_CACHE_DIR / "tokens" / cache_key(part, saved_tokenizer)).unlink(missing_ok=True)
+    prompt = "The king"
+    sample = run_cli("src/sample.py", "--out-dir", out, "--prompt", prompt, "--max-new-tokens", "10")
+    assert sample.returncode == 0, sample.stderr
+    assert sample.stdout.startswith(prompt)
+    assert "Traceback" not in sample.stderr
+    assert sample.stdout.startswith(prompt) and sample.stdout.endswith("\n")
+    continuation = sample.stdout[len(prompt):-1]
+    assert continuation  # it generated something
+    # At most 10 tokens of this vocabulary (a byte that is not valid UTF-8 prints as one U+FFFD).
+    assert len(continuation) <= 10 * max(len(token) for token in tokenizer.vocab.values())
+    # The run cached its tokens in --cache-dir: exactly the two splits, under the keys of the saved tokenizer.
+    parts = train_val_split(ENDOFTEXT.join([data.read_text(encoding="utf-8")]))
+    assert sorted(p.name for p in (cache / "tokens").iterdir()) == sorted(cache_key(part, tokenizer) for part in parts)
 
 
 def test_bpe_is_learned_from_the_training_split_only(write, token_cache):
@@ -188,8 +201,8 @@ def test_bpe_is_learned_from_the_training_split_only(write, token_cache):
     text = train_part + val_part
     assert train_val_split(text) == (train_part, val_part)  # the cut lands exactly between the two
 
-    tokenizer, train_tokens, val_tokens, _ = src.train.prepare_data(tiny_cfg(write("t.txt", text), tokenizer="bpe",
-                                                                             vocab_size=300), is_main=False)
+    data = prepare(tiny_cfg(write("t.txt", text), tokenizer="bpe", vocab_size=300, cache_dir=token_cache.parent))
+    tokenizer, train_tokens, val_tokens = data.tokenizer, data.train, data.val
     assert tokenizer.vocab_size == 300
     unseen_bytes = set(UNSEEN_WORD.strip().encode())
     learned = [tokenizer.vocab[i] for i in range(256, len(tokenizer.vocab))]
@@ -209,19 +222,23 @@ def test_bpe_is_learned_from_the_training_split_only(write, token_cache):
 
 def test_a_second_prepare_data_reads_the_cache_instead_of_encoding(write, token_cache, monkeypatch):
     counter = CountingEncode(monkeypatch, BPETokenizer)
-    cfg = tiny_cfg(write("t.txt", english(4000, seed=5)), tokenizer="bpe", vocab_size=300)
-    tok1, train1, val1, units1 = src.train.prepare_data(cfg, is_main=False)
+    cfg = tiny_cfg(write("t.txt", english(4000, seed=5)), tokenizer="bpe", vocab_size=300,
+                   cache_dir=token_cache.parent)
+    first = prepare(cfg)
+    tok1, train1, val1 = first.tokenizer, first.train, first.val
     assert counter.calls == 2  # the training and the validation split
     files = sorted(token_cache.glob("*.tokens"))
     assert len(files) == 2
     mtimes = {f: f.stat().st_mtime_ns for f in files}
 
-    tok2, train2, val2, units2 = src.train.prepare_data(cfg, is_main=False)
+    second = prepare(cfg)
+    tok2, train2, val2 = second.tokenizer, second.train, second.val
     assert counter.calls == 2  # nothing encoded again
     assert {f: f.stat().st_mtime_ns for f in token_cache.glob("*.tokens")} == mtimes
     assert tok2.to_json() == tok1.to_json()
     assert np.array_equal(train1, train2) and np.array_equal(val1, val2)
-    assert train1.dtype == np.uint16 and units1 == units2
+    assert train1.dtype == np.uint16
+    assert (first.tokens_per_char, first.tokens_per_byte) == (second.tokens_per_char, second.tokens_per_byte)
     # ... and what the cache holds is what encoding gives.
     train_text, val_text = train_val_split(english(4000, seed=5))
     assert list(train2) == tok1.encode(train_text, allowed_special="all")
@@ -231,18 +248,19 @@ def test_a_second_prepare_data_reads_the_cache_instead_of_encoding(write, token_
 def test_a_changed_text_or_vocab_size_gets_its_own_cache_files(write, token_cache):
     text = english(4000, seed=6)
     path = write("t.txt", text)
-    _, train_a, _, _ = src.train.prepare_data(tiny_cfg(path, tokenizer="bpe", vocab_size=300), is_main=False)
+    train_a = prepare(tiny_cfg(path, tokenizer="bpe", vocab_size=300, cache_dir=token_cache.parent)).train
     first = set(token_cache.glob("*.tokens"))
     assert len(first) == 2
 
     path.write_text("Changed first words. " + text, encoding="utf-8")
-    _, train_b, _, _ = src.train.prepare_data(tiny_cfg(path, tokenizer="bpe", vocab_size=300), is_main=False)
+    train_b = prepare(tiny_cfg(path, tokenizer="bpe", vocab_size=300, cache_dir=token_cache.parent)).train
     second = set(token_cache.glob("*.tokens"))
     assert first < second and len(second) == 4  # two new files, the old ones untouched
     assert not np.array_equal(train_a, train_b)
 
     path.write_text(text, encoding="utf-8")  # the first text again, with another vocabulary size
-    tok_c, train_c, _, _ = src.train.prepare_data(tiny_cfg(path, tokenizer="bpe", vocab_size=280), is_main=False)
+    third = prepare(tiny_cfg(path, tokenizer="bpe", vocab_size=280, cache_dir=token_cache.parent))
+    tok_c, train_c = third.tokenizer, third.train
     assert tok_c.vocab_size == 280 and int(np.max(train_c)) < 280
     assert second < set(token_cache.glob("*.tokens")) and len(set(token_cache.glob("*.tokens"))) == 6
 
@@ -364,20 +382,21 @@ def test_gpt2_tokenizer_from_local_files_trains_end_to_end(tmp_path, write, toke
     write("docs/a.txt", docs[0])
     write("docs/b.txt", docs[1])
     out = tmp_path / "out"
-    summary = src.train.train(tiny_cfg(data, out, tokenizer="gpt2"))
+    summary = src.train.train(tiny_cfg(data, out, tokenizer="gpt2", cache_dir=token_cache.parent))
 
-    expected = BPETokenizer.from_gpt2(folder)
+    expected = from_gpt2(folder)
     eot = library.token_to_id(ENDOFTEXT)
     assert expected.eot_token_id == eot
-    model, tokenizer, _ = load_checkpoint(out)
+    model, tokenizer = load_pretrained(out)
     assert tokenizer.vocab == expected.vocab and tokenizer.merges == expected.merges
     assert tokenizer.special_tokens == {ENDOFTEXT: eot}
     assert model.config.vocab_size == expected.vocab_size == library.get_vocab_size()
-    assert math.isfinite(summary["val_loss"]) and summary["step"] == 4
+    assert math.isfinite(summary.val_loss) and summary.step == 4
     assert [row["step"] for row in eval_rows(out)] == [0, 2, 4]
 
     # The ids trained on are the library's own ids for the same text, with the document marker.
-    _, train_tokens, val_tokens, _ = src.train.prepare_data(tiny_cfg(data, tokenizer="gpt2"), is_main=False)
+    prepared = prepare(tiny_cfg(data, tokenizer="gpt2", cache_dir=token_cache.parent))
+    train_tokens, val_tokens = prepared.train, prepared.val
     train_text, val_text = train_val_split(ENDOFTEXT.join(docs))
     assert train_tokens.tolist() == library.encode(train_text).ids
     assert val_tokens.tolist() == library.encode(val_text).ids
@@ -412,14 +431,15 @@ def test_char_tokenizer_bits_per_byte_equal_bits_per_char_on_ascii(tmp_path, wri
     text = english(4000, seed=8)
     assert text.isascii()
     out = tmp_path / "out"
-    summary = src.train.train(tiny_cfg(write("t.txt", text), out, tokenizer="char", sample_tokens=0))
+    summary = src.train.train(tiny_cfg(write("t.txt", text), out, tokenizer="char", sample_tokens=0,
+                                       cache_dir=token_cache.parent))
     stdout = capsys.readouterr().out
     last = [line for line in stdout.splitlines() if line.strip()][-1]
-    assert "bits/byte" in last and f"{summary['val_bits_per_byte']:.3f} bits/byte" in last, last
+    assert "bits/byte" in last and f"{summary.val_bits_per_byte:.3f} bits/byte" in last, last
 
-    expected = summary["val_loss"] / LN2
-    assert summary["val_bits_per_byte"] == pytest.approx(expected, rel=1e-9)
-    assert summary["val_bits_per_char"] == pytest.approx(expected, rel=1e-9)
+    expected = summary.val_loss / LN2
+    assert summary.val_bits_per_byte == pytest.approx(expected, rel=1e-9)
+    assert summary.val_bits_per_char == pytest.approx(expected, rel=1e-9)
     rows = eval_rows(out)
     assert [row["step"] for row in rows] == [0, 2, 4]
     for row in rows:
@@ -430,9 +450,10 @@ def test_char_tokenizer_bits_per_byte_equal_bits_per_char_on_ascii(tmp_path, wri
 def test_bpe_bits_per_byte_match_a_recomputation_from_the_data(tmp_path, write, token_cache):
     text = english(6000, seed=9, extra=tuple(ACCENTED))
     out = tmp_path / "out"
-    summary = src.train.train(tiny_cfg(write("t.txt", text), out, tokenizer="bpe", vocab_size=300))
+    summary = src.train.train(tiny_cfg(write("t.txt", text), out, tokenizer="bpe", vocab_size=300,
+                                       cache_dir=token_cache.parent))
 
-    tokenizer = load_checkpoint(out)[1]
+    tokenizer = load_pretrained(out)[1]
     _, val_text = train_val_split(text)  # one document: nothing joined
     n_bytes, n_chars = len(val_text.encode("utf-8")), len(val_text)
     assert n_bytes > n_chars  # the accented words make the two units differ
@@ -440,8 +461,8 @@ def test_bpe_bits_per_byte_match_a_recomputation_from_the_data(tmp_path, write, 
     assert n_tokens < n_chars  # BPE merged something
 
     per_byte, per_char = n_tokens / n_bytes, n_tokens / n_chars
-    assert summary["val_bits_per_byte"] == pytest.approx(summary["val_loss"] / LN2 * per_byte, rel=1e-9)
-    assert summary["val_bits_per_char"] == pytest.approx(summary["val_loss"] / LN2 * per_char, rel=1e-9)
+    assert summary.val_bits_per_byte == pytest.approx(summary.val_loss / LN2 * per_byte, rel=1e-9)
+    assert summary.val_bits_per_char == pytest.approx(summary.val_loss / LN2 * per_char, rel=1e-9)
     rows = eval_rows(out)
     assert len(rows) == 3
     for row in rows:
@@ -463,8 +484,8 @@ def _write_docs(write) -> tuple[list[str], str]:
 
 def test_data_folder_documents_are_joined_with_endoftext_for_bpe(write, token_cache):
     docs, folder = _write_docs(write)
-    tokenizer, train_tokens, val_tokens, _ = src.train.prepare_data(
-        tiny_cfg(folder, tokenizer="bpe", vocab_size=300), is_main=False)
+    prepared = prepare(tiny_cfg(folder, tokenizer="bpe", vocab_size=300, cache_dir=token_cache.parent))
+    tokenizer, train_tokens, val_tokens = prepared.tokenizer, prepared.train, prepared.val
     eot = tokenizer.eot_token_id
     assert eot == 299
     ids = train_tokens.tolist() + val_tokens.tolist()
@@ -480,8 +501,8 @@ def test_data_folder_documents_are_joined_with_endoftext_for_bpe(write, token_ca
 
 def test_data_folder_documents_are_joined_with_a_blank_line_for_char(write, token_cache):
     docs, folder = _write_docs(write)
-    tokenizer, train_tokens, val_tokens, _ = src.train.prepare_data(tiny_cfg(folder, tokenizer="char"),
-                                                                    is_main=False)
+    prepared = prepare(tiny_cfg(folder, tokenizer="char", cache_dir=token_cache.parent))
+    tokenizer, train_tokens, val_tokens = prepared.tokenizer, prepared.train, prepared.val
     assert isinstance(tokenizer, CharTokenizer)
     assert tokenizer.decode(train_tokens.tolist() + val_tokens.tolist()) == "\n\n".join(docs)
     assert "<" not in tokenizer.chars and "|" not in tokenizer.chars  # no "<|endoftext|>" in a char stream
@@ -494,8 +515,8 @@ def test_the_train_val_cut_never_splits_an_endoftext_marker(write, token_cache):
     write("split/a.txt", docs[0])
     folder = write("split/b.txt", docs[1]).parent
     assert train_val_split(ENDOFTEXT.join(docs))[1].startswith("oftext|>")  # the premise of this test
-    tokenizer, train_tokens, val_tokens, _ = src.train.prepare_data(
-        tiny_cfg(folder, tokenizer="bpe", vocab_size=300), is_main=False)
+    prepared = prepare(tiny_cfg(folder, tokenizer="bpe", vocab_size=300, cache_dir=token_cache.parent))
+    tokenizer, train_tokens, val_tokens = prepared.tokenizer, prepared.train, prepared.val
     ids = train_tokens.tolist() + val_tokens.tolist()
     assert ids.count(tokenizer.eot_token_id) == 1
     assert tokenizer.decode(ids) == ENDOFTEXT.join(docs)

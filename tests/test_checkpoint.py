@@ -1,4 +1,4 @@
-"""Tests for src/checkpoint.py: parity with Hugging Face GPT-2, the folder format, bad inputs, atomic saves.
+"""Tests for src/engine/checkpoint.py: parity with Hugging Face GPT-2, the folder format, bad inputs, atomic saves.
 
 Hugging Face `transformers` is the oracle: a folder we save must load into `GPT2LMHeadModel` and give the same
 logits, loss and greedy text; a folder HF saves must load into our GPT.
@@ -9,14 +9,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+import types
 
 import pytest
 import torch
 
-import src.corpus as corpus
+import src.engine.files as files
+import src.engine.hub as hub
 from src.bigram import BigramLanguageModel
-from src.checkpoint import load_checkpoint, load_model, save_checkpoint
-from src.errors import UserError
+from src.bpe import BPETokenizer
+from src.engine.checkpoint import load_model, load_pretrained, read_training, save_checkpoint
+from src.engine.errors import UserError
+from src.engine.gpt2_files import BYTE_TO_UNICODE
 from src.model import GPT, GPTConfig
 from src.tokenizer import CharTokenizer
 
@@ -162,9 +167,10 @@ def test_no_pickle_anywhere(saved):
     json.loads((folder / "scratch_tokenizer.json").read_text())
 
 
-def test_load_checkpoint_returns_model_tokenizer_and_metadata(saved):
+def test_load_pretrained_returns_model_and_tokenizer_and_read_training_the_metadata(saved):
     folder, model = saved
-    loaded, tokenizer, training = load_checkpoint(folder)
+    loaded, tokenizer = load_pretrained(folder)
+    training = read_training(folder)
     assert isinstance(loaded, GPT) and loaded.config == model.config
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
@@ -179,7 +185,8 @@ def test_bigram_checkpoint_round_trip(tmp_path):
         model.token_embedding_table.weight.normal_()
     save_checkpoint(tmp_path, model, TOKENIZER, {"step": 3})
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "bigram"
-    loaded, tokenizer, training = load_checkpoint(tmp_path)
+    loaded, tokenizer = load_pretrained(tmp_path)
+    training = read_training(tmp_path)
     assert isinstance(loaded, BigramLanguageModel)
     assert torch.equal(loaded.token_embedding_table.weight, model.token_embedding_table.weight)
     assert training == {"step": 3} and tokenizer.vocab_size == V
@@ -190,9 +197,10 @@ def test_bigram_checkpoint_round_trip(tmp_path):
 
 def test_missing_folder_or_empty_folder(tmp_path):
     with pytest.raises(UserError, match="no checkpoint folder"):
-        load_checkpoint(tmp_path / "nope")
+        load_pretrained(tmp_path / "nope")
     with pytest.raises(UserError, match="no checkpoint in .*config.json and model.safetensors"):
-        load_checkpoint(tmp_path)
+        load_pretrained(tmp_path)
+    assert read_training(tmp_path) == {}  # a folder without training.json has no metadata
 
 
 def test_truncated_weights(saved):
@@ -200,14 +208,14 @@ def test_truncated_weights(saved):
     data = (folder / "model.safetensors").read_bytes()
     (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match="model.safetensors is corrupt or truncated"):
-        load_checkpoint(folder)
+        load_pretrained(folder)
 
 
 def test_garbage_weights(saved):
     folder, _ = saved
     (folder / "model.safetensors").write_bytes(os.urandom(64) + b"not a safetensors file" * 10)
     with pytest.raises(UserError, match="corrupt or truncated"):
-        load_checkpoint(folder)
+        load_pretrained(folder)
 
 
 @pytest.mark.parametrize(
@@ -222,7 +230,7 @@ def test_corrupt_config(saved, config_text, match):
     folder, _ = saved
     (folder / "config.json").write_text(config_text)
     with pytest.raises(UserError, match=match):
-        load_checkpoint(folder)
+        load_pretrained(folder)
 
 
 @pytest.mark.parametrize(
@@ -231,8 +239,9 @@ def test_corrupt_config(saved, config_text, match):
         ({"activation_function": "relu"}, "activation_function"),
         ({"n_inner": 7}, "n_inner"),
         ({"n_head": 5}, "invalid GPT-2 config.json"),  # 32 not divisible by 5
-        ({"n_embd": 64, "n_head": 4}, "shape"),  # the weights are 32 wide
-        ({"vocab_size": V + 3}, "shape"),
+        # a weight whose shape is not the config's: "weight NAME is (saved shape), the config says (shape)"
+        ({"n_embd": 64, "n_head": 4}, r"weight transformer\.\S+ is \([\d, ]+\), the config says \([\d, ]+\)"),
+        ({"vocab_size": V + 3}, rf"weight transformer\.wte\.weight is \({V}, 32\), the config says \({V + 3}, 32\)"),
     ],
 )
 def test_config_that_does_not_fit_the_weights(saved, change, match):
@@ -253,14 +262,80 @@ def test_config_missing_a_size_is_a_user_error(saved):
         load_model(folder)
 
 
-def test_tokenizer_that_does_not_belong_to_the_model(saved):
+def write_gpt2_tokenizer_files(folder) -> int:
+    """A minimal tokenizer in GPT-2's Hugging Face layout (vocab.json + merges.txt): the 256 byte tokens, no
+    merges, and "<|endoftext|>". Returns its vocabulary size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {char: byte for byte, char in BYTE_TO_UNICODE.items()} | {"<|endoftext|>": 256}
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    return len(vocab)
+
+
+@pytest.fixture
+def offline_hub(monkeypatch):
+    """A Hugging Face Hub with an empty local cache that cannot be reached; returns the hf_hub_download calls."""
+    calls = []
+
+    def hf_hub_download(repo_id, filename, **kwargs):
+        calls.append((repo_id, filename, kwargs))
+        raise FileNotFoundError(f"{filename} of {repo_id} is not in the local cache")
+
+    fake = types.ModuleType("huggingface_hub")
+    fake.hf_hub_download = hf_hub_download
+    monkeypatch.setitem(sys.modules, "huggingface_hub", fake)
+    monkeypatch.setattr(hub, "hub_reachable", lambda *args, **kwargs: False)
+    return calls
+
+
+def test_tokenizer_that_does_not_belong_to_the_model(saved, tmp_path, monkeypatch, offline_hub):
     folder, _ = saved
     CharTokenizer.from_text("abc").save(folder / "scratch_tokenizer.json")
     with pytest.raises(UserError, match=f"tokenizer has 3 tokens but the model {V}"):
-        load_checkpoint(folder)
+        load_pretrained(folder)
+
+    # A GPT folder without our tokenizer falls back to GPT-2's (as for a Hugging Face folder). Offline and
+    # without GPT-2's files: one line that says which files to put where, and no download was attempted.
     (folder / "scratch_tokenizer.json").unlink()
-    with pytest.raises(UserError, match="tokenizer file not found"):
-        load_checkpoint(folder)
+    gpt2_dir = tmp_path / "gpt2-tokenizer"
+    monkeypatch.setenv("GPT2_TOKENIZER_DIR", str(gpt2_dir))
+    with pytest.raises(UserError) as err:
+        load_pretrained(folder)
+    message = str(err.value)
+    assert message.startswith(
+        "cannot get vocab.json and merges.txt of openai-community/gpt2: the Hugging Face Hub cannot be reached"
+    ), message
+    assert f"GPT-2's tokenizer files are not in {gpt2_dir}/ either" in message
+    assert "GPT2_TOKENIZER_DIR" in message and "\n" not in message
+    assert offline_hub and all(kwargs == {"local_files_only": True} for _, _, kwargs in offline_hub)
+    assert {repo for repo, _, _ in offline_hub} == {"openai-community/gpt2"}
+
+    # With GPT-2's files in place the fallback is found, and its size is checked against the model's too.
+    n = write_gpt2_tokenizer_files(gpt2_dir)
+    with pytest.raises(UserError, match=f"tokenizer has {n} tokens but the model {V}: GPT-2's tokenizer does not"):
+        load_pretrained(folder)
+
+
+def test_gpt_folder_without_our_tokenizer_loads_with_gpt2s(tmp_path, monkeypatch, offline_hub):
+    gpt2_dir = tmp_path / "gpt2-tokenizer"
+    n = write_gpt2_tokenizer_files(gpt2_dir)
+    monkeypatch.setenv("GPT2_TOKENIZER_DIR", str(gpt2_dir))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=n, block_size=16, n_layer=1, n_head=2, d_model=32))
+    save_checkpoint(tmp_path / "ckpt", model, CharTokenizer([chr(0x100 + i) for i in range(n)]))
+    (tmp_path / "ckpt" / "scratch_tokenizer.json").unlink()
+    loaded, tokenizer = load_pretrained(tmp_path / "ckpt")
+    assert isinstance(loaded, GPT) and loaded.config == model.config
+    assert isinstance(tokenizer, BPETokenizer) and tokenizer.vocab_size == n and tokenizer.eot_token_id == 256
+    assert tokenizer.decode(tokenizer.encode("Héllo, wörld")) == "Héllo, wörld"
+    assert offline_hub == []  # the files were found locally: the Hub was never asked
+
+
+def test_bigram_folder_without_its_tokenizer(tmp_path):
+    save_checkpoint(tmp_path, BigramLanguageModel(vocab_size=V), TOKENIZER)
+    (tmp_path / "scratch_tokenizer.json").unlink()
+    with pytest.raises(UserError, match="tokenizer file not found: .*scratch_tokenizer.json"):
+        load_pretrained(tmp_path)
 
 
 # --- atomic saves ---------------------------------------------------------------------------------------------
@@ -277,27 +352,27 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint(saved, monkeypatch,
         raise OSError("simulated crash: disk full")
 
     if crash_in == "replace":  # the temporary file is complete, the rename never happens
-        monkeypatch.setattr(corpus.os, "replace", crash)
+        monkeypatch.setattr(files.os, "replace", crash)
     else:  # dies while writing the temporary file
-        monkeypatch.setattr(corpus.os, "fsync", crash)
+        monkeypatch.setattr(files.os, "fsync", crash)
     with pytest.raises(OSError, match="simulated crash"):
         save_checkpoint(folder, new, TOKENIZER, {"step": 8})
     monkeypatch.undo()
 
     after = {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")}
     assert after == before  # every real file byte-identical
-    loaded, _, training = load_checkpoint(folder)
+    loaded, _ = load_pretrained(folder)
     assert torch.equal(loaded.transformer.wte.weight, old.transformer.wte.weight)
-    assert training["step"] == 7
+    assert read_training(folder)["step"] == 7
 
     save_checkpoint(folder, new, TOKENIZER, {"step": 8})  # a save that completes does replace it
-    loaded, _, training = load_checkpoint(folder)
+    loaded, _ = load_pretrained(folder)
     assert torch.equal(loaded.transformer.wte.weight, new.transformer.wte.weight)
-    assert training["step"] == 8
+    assert read_training(folder)["step"] == 8
 
 
 def test_save_creates_missing_folders(tmp_path):
     model = randomized_gpt(*SHAPES[0])
     save_checkpoint(tmp_path / "a" / "b", model, TOKENIZER)
-    assert load_checkpoint(tmp_path / "a" / "b")[0].config == model.config
+    assert load_pretrained(tmp_path / "a" / "b")[0].config == model.config
     shutil.rmtree(tmp_path / "a")

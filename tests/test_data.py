@@ -1,4 +1,4 @@
-"""Tests for src/dataloader.py and src/corpus.py: token arrays, the split, batches, and reading text files."""
+"""Tests for src/dataloader.py and src/engine/corpus.py: token arrays, the split, batches, and reading text files."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-import src.corpus as corpus
-from src.corpus import markdown_play_to_text, read_text, resolve_data
 from src.dataloader import BatchLoader, check_length, token_array, train_val_split
-from src.errors import UserError
+from src.engine.corpus import SHAKESPEARE_FILE, markdown_play_to_text, read_text, resolve_data
+from src.engine.errors import UserError
 
 # --- token arrays and the split -----------------------------------------------------------------------
 
@@ -237,21 +236,23 @@ def test_markdown_directions_missing_their_opening_underscore_are_dropped():
 # --- which text is used ------------------------------------------------------------------------------------
 
 
-def test_resolve_data_precedence(tmp_path, monkeypatch):
-    user_data = tmp_path / "data" / "data.txt"
-    monkeypatch.setattr(corpus, "REPO_ROOT", tmp_path)
-    monkeypatch.setattr(corpus, "USER_DATA", user_data)
-    monkeypatch.setattr(corpus, "default_corpus_path", lambda: tmp_path / "shakespeare.txt")
+def test_resolve_data_precedence(tmp_path):
+    root, cache = tmp_path / "repo", tmp_path / "cache"
+    user_data = root / "data" / "data.txt"
+    shakespeare = cache / SHAKESPEARE_FILE
+    cache.mkdir()
+    shakespeare.write_text("converted already")  # in the cache: used as it is, not converted again
 
-    # nothing of the user's: the default corpus
-    path, description = resolve_data()
-    assert path == tmp_path / "shakespeare.txt" and "Shakespeare" in description
+    # nothing of the user's: the default corpus, from the cache folder
+    path, description = resolve_data(repo_root=root, cache_dir=cache)
+    assert path == shakespeare and "Shakespeare" in description
+    assert shakespeare.read_text() == "converted already"
     # data/data.txt exists: it wins over the default
-    user_data.parent.mkdir()
+    user_data.parent.mkdir(parents=True)
     user_data.write_text("mine")
-    path, description = resolve_data()
+    path, description = resolve_data(repo_root=root, cache_dir=cache)
     assert path == user_data and "data/data.txt" in description
     # an explicit path wins over everything
     explicit = tmp_path / "other.txt"
-    path, description = resolve_data(explicit)
+    path, description = resolve_data(explicit, repo_root=root, cache_dir=cache)
     assert path == explicit and str(explicit) in description

@@ -21,12 +21,12 @@ import pytest
 import torch
 
 import src.train as train_mod
-from src import distributed
-from src.checkpoint import load_checkpoint
-from src.config import parse_args
-from src.dataloader import BatchLoader
-from src.optim import configure_optimizer, lr_at
-from src.resume import STATE_FILE
+from src.dataloader import BatchLoader, prepare_data
+from src.engine.checkpoint import load_pretrained, read_training
+from src.engine.config import parse_args
+from src.engine.distributed import Distributed
+from src.engine.resume import STATE_FILE
+from src.train import configure_optimizer, lr_at
 
 WORLD = 2
 ACCUM = 2  # micro-batches per process per step
@@ -78,15 +78,15 @@ def ddp_run(tmp_path_factory, repo_root, cli_env, tiny_text):
     return out_dir, data, proc
 
 
-def reference_run(data, out_dir) -> tuple[torch.nn.Module, list[float], list[float]]:
+def reference_run(data, out_dir, cache_dir) -> tuple[torch.nn.Module, list[float], list[float]]:
     """train.py's loop for 2 ranks x 2 micro-batches, in one process. Returns (model, losses, grad norms)."""
-    cfg = parse_args([*FLAGS, "--data", str(data), "--out-dir", str(out_dir)])
+    cfg = parse_args([*FLAGS, "--data", str(data), "--out-dir", str(out_dir), "--cache-dir", str(cache_dir)])
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    tokenizer, train_tokens, _, _ = train_mod.prepare_data(cfg, is_main=False)
-    loaders = [BatchLoader(train_tokens, cfg.block_size, cfg.batch_size, seed=cfg.seed + rank, rank=rank,
+    prepared = prepare_data(cfg.data, cfg.block_size, cfg.cache_dir, None, cfg.tokenizer, cfg.vocab_size)
+    loaders = [BatchLoader(prepared.train, cfg.block_size, cfg.batch_size, seed=cfg.seed + rank, rank=rank,
                            world_size=WORLD) for rank in range(WORLD)]
-    model = train_mod.build_model(cfg, tokenizer.vocab_size)  # right after manual_seed, as in train.py
+    model = train_mod.build_model(cfg, prepared.tokenizer.vocab_size)  # right after manual_seed, as in train.py
     optimizer = configure_optimizer(model, cfg.lr, cfg.weight_decay, torch.device("cpu"), cfg.beta2)
     losses, norms = [], []
     for step in range(1, cfg.max_iters + 1):
@@ -107,12 +107,12 @@ def reference_run(data, out_dir) -> tuple[torch.nn.Module, list[float], list[flo
     return model, losses, norms
 
 
-def test_two_processes_equal_one_process_with_twice_the_accumulation(ddp_run, tmp_path, monkeypatch):
+def test_two_processes_equal_one_process_with_twice_the_accumulation(ddp_run, tmp_path):
     out_dir, data, proc = ddp_run
     assert "2 process(es)" in proc.stdout
-    monkeypatch.setattr(train_mod, "CACHE_DIR", tmp_path / "cache")
-    reference, losses, norms = reference_run(data, tmp_path / "unused")
-    trained, _, training = load_checkpoint(out_dir)
+    reference, losses, norms = reference_run(data, tmp_path / "unused", tmp_path / "cache")
+    trained, _ = load_pretrained(out_dir)
+    training = read_training(out_dir)
     assert training["step"] == 4
     for name, tensor in reference.named_parameters():
         torch.testing.assert_close(dict(trained.named_parameters())[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
@@ -128,17 +128,17 @@ def test_two_processes_equal_one_process_with_twice_the_accumulation(ddp_run, tm
     assert not torch.allclose(initial.transformer.h[0].mlp.c_fc.weight, reference.transformer.h[0].mlp.c_fc.weight)
 
 
-def test_evaluation_under_ddp_is_the_mean_over_all_eval_batches(ddp_run, tmp_path, monkeypatch):
+def test_evaluation_under_ddp_is_the_mean_over_all_eval_batches(ddp_run, tmp_path):
     """Each rank evaluates its share of the fixed batches (2 + 1 here); the logged loss must still be the plain
     mean over all of them, as one process computes it -- not the mean of the ranks' means."""
     out_dir, data, _ = ddp_run
-    monkeypatch.setattr(train_mod, "CACHE_DIR", tmp_path / "cache")
-    cfg = parse_args([*FLAGS, "--data", str(data), "--out-dir", str(tmp_path / "unused")])
-    _, _, val_tokens, _ = train_mod.prepare_data(cfg, is_main=False)
+    cfg = parse_args([*FLAGS, "--data", str(data), "--out-dir", str(tmp_path / "unused"),
+                      "--cache-dir", str(tmp_path / "cache")])
+    val_tokens = prepare_data(cfg.data, cfg.block_size, cfg.cache_dir, None, cfg.tokenizer, cfg.vocab_size).val
     batches = BatchLoader(val_tokens, cfg.block_size, cfg.batch_size, split="validation").fixed_batches(cfg.eval_iters)
     assert len(batches) == 3  # not a multiple of the 2 processes
-    model, _, _ = load_checkpoint(out_dir)  # the final weights: the last evaluation row measured them
-    expected = train_mod.estimate_loss(model, batches, contextlib.nullcontext(), distributed.Dist())
+    model, _ = load_pretrained(out_dir)  # the final weights: the last evaluation row measured them
+    expected = train_mod.estimate_loss(model, batches, contextlib.nullcontext(), Distributed())
     logged = [r for r in rows(out_dir) if r["event"] == "eval"][-1]["val_loss"]
     assert logged == pytest.approx(expected, abs=2e-5)
 
@@ -150,8 +150,8 @@ def rows(out_dir) -> list[dict]:
 def test_only_rank_0_writes_and_prints(ddp_run):
     out_dir, _, proc = ddp_run
     names = sorted(p.name for p in out_dir.iterdir())
-    assert names == sorted(["best", "config.json", "loss.png", "metrics.jsonl", "model.safetensors", STATE_FILE,
-                            "scratch_tokenizer.json", "training.json"])  # no second copy, no stray temp file
+    assert names == sorted([".lock", "best", "config.json", "loss.png", "metrics.jsonl", "model.safetensors",
+                            STATE_FILE, "scratch_tokenizer.json", "training.json"])  # no second copy, no temp file
     lines = (out_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len(set(lines))
     assert [r["step"] for r in rows(out_dir) if r["event"] == "train"] == [1, 2, 3, 4]
@@ -176,7 +176,10 @@ def test_resume_with_another_process_count_is_a_clear_error(ddp_run, run_cli, tm
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert "2 process(es)" in lines[0] and "resume with 2, not 1" in lines[0], lines[0]
-    assert digest(copy) == before  # nothing was overwritten
+    after = digest(copy)
+    assert after.keys() == before.keys()  # no file added or removed
+    # Nothing was overwritten but .lock: the refused run held the folder, and its lock file names the holder.
+    assert {k: v for k, v in after.items() if k != ".lock"} == {k: v for k, v in before.items() if k != ".lock"}
 
 
 def test_world_size_is_part_of_the_accumulation_arithmetic(run_cli, tmp_path, ddp_run):

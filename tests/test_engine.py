@@ -27,17 +27,17 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import src.train as train_mod
-from src import errors
-from src.checkpoint import load_checkpoint, save_checkpoint
-from src.config import PRESETS, TrainConfig, parse_args
 from src.dataloader import BatchLoader
-from src.device import autocast, resolve_dtype
-from src.errors import UserError
-from src.estimate import flops_per_token
+from src.engine import errors
+from src.engine.checkpoint import load_pretrained, read_training, save_checkpoint
+from src.engine.config import PRESETS, TrainConfig, parse_args
+from src.engine.distributed import Distributed
+from src.engine.errors import UserError
+from src.engine.precision import Precision, autocast, resolve_dtype
+from src.engine.resume import STATE_FILE, LoopState, load_state, save_state
 from src.model import GPT, GPTConfig
-from src.optim import configure_optimizer
-from src.resume import STATE_FILE, load_state, save_state
 from src.tokenizer import CharTokenizer
+from src.train import configure_optimizer
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -54,12 +54,11 @@ TIMING_KEYS = ("tokens_per_s", "flops_per_s", "mfu")  # the only fields two iden
 
 
 @pytest.fixture
-def engine(tmp_path, monkeypatch, text_file):
-    """`engine(out_dir, *flags)`: run train() in this process on the tiny text; returns its summary."""
-    monkeypatch.setattr(train_mod, "CACHE_DIR", tmp_path / "cache")  # token cache out of the repo
+def engine(tmp_path, text_file):
+    """`engine(out_dir, *flags)`: run train() in this process on the tiny text; returns its LoopState."""
 
-    def run(out_dir, *flags):
-        return train_mod.train(config(text_file, out_dir, *flags))
+    def run(out_dir, *flags):  # --cache-dir: the token cache out of the repo
+        return train_mod.train(config(text_file, out_dir, "--cache-dir", tmp_path / "cache", *flags))
 
     return run
 
@@ -146,7 +145,7 @@ def test_resume_is_bitwise_exact(engine, tmp_path, capsys):
         resumed = engine(out, *flags, "--resume")
         assert f"resumed from {out / STATE_FILE} at step {stop}" in capsys.readouterr().out
         assert repeatable(rows(out)) == expected, f"metrics differ after resuming at step {stop}"
-        assert resumed["val_loss"] == straight["val_loss"] and resumed["train_loss"] == straight["train_loss"]
+        assert resumed.val_loss == straight.val_loss and resumed.train_loss == straight.train_loss
         assert_same_tensors(tensors(out / "model.safetensors"), tensors(straight_dir / "model.safetensors"),
                             f"final weights (resumed at {stop})")
         assert_same_tensors(tensors(out / "best" / "model.safetensors"),
@@ -198,7 +197,7 @@ def test_signal_saves_and_exits_0(sig, tmp_path, text_file, repo_root, cli_env, 
     assert 3 <= stopped < 1000000
     assert f"python src/train.py --resume --out-dir {out}" in stdout, stdout
 
-    model, tokenizer, _ = load_checkpoint(out)
+    model, tokenizer = load_pretrained(out)
     assert isinstance(model, GPT) and model.config.n_layer == 1
     assert (out / "loss.png").read_bytes().startswith(PNG_SIGNATURE)
     assert max(r["step"] for r in rows(out) if r["event"] == "train") == stopped  # --log-interval 1
@@ -206,7 +205,7 @@ def test_signal_saves_and_exits_0(sig, tmp_path, text_file, repo_root, cli_env, 
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     loader = BatchLoader(torch.zeros(100, dtype=torch.int64).numpy(), 16, 4)
     loop = load_state(out / STATE_FILE, model, optimizer, scaler, loader)
-    assert loop["step"] == stopped
+    assert loop.step == stopped
     assert all(int(s["step"]) == stopped for s in optimizer.state.values())  # AdamW took every step
 
     if sig == signal.SIGINT:  # and --resume picks the run up where it stopped
@@ -222,12 +221,13 @@ SAVER = """
 import sys
 sys.path.insert(0, {repo!r})
 import torch
-from src.checkpoint import load_checkpoint, save_checkpoint
-from src.optim import configure_optimizer
-from src.resume import save_state
+from src.engine.checkpoint import load_pretrained, read_training, save_checkpoint
+from src.engine.resume import LoopState, save_state
+from src.train import configure_optimizer
 
 folder = {folder!r}
-model, tokenizer, training = load_checkpoint(folder)
+model, tokenizer = load_pretrained(folder)
+training = read_training(folder)
 optimizer = configure_optimizer(model, 1e-3, 0.1, torch.device("cpu"))
 for p in model.parameters():
     p.grad = torch.zeros_like(p)
@@ -245,7 +245,7 @@ while True:  # every version i is all-i weights and moments, so a mixture of two
             s["exp_avg"].fill_(i)
             s["exp_avg_sq"].fill_(i)
     save_checkpoint(folder, model, tokenizer, {{"iter": i}})
-    save_state(folder + "/resume.safetensors", model, optimizer, scaler, [generator.get_state()], {{"iter": i}})
+    save_state(folder + "/resume.safetensors", model, optimizer, scaler, [generator.get_state()], LoopState(step=i))
 """
 
 
@@ -277,7 +277,7 @@ def test_kill_9_while_saving_leaves_a_loadable_checkpoint(tmp_path, repo_root, c
     optimizer = configure_optimizer(model, 1e-3, 0.1, torch.device("cpu"))
     save_checkpoint(folder, model, tokenizer, {"iter": 0})
     save_state(folder / STATE_FILE, model, optimizer, torch.amp.GradScaler("cpu", enabled=False),
-               [torch.Generator().get_state()], {"iter": 0})
+               [torch.Generator().get_state()], LoopState(step=0))
     assert (folder / "model.safetensors").stat().st_size > 3_000_000
     script = tmp_path / "saver.py"
     script.write_text(SAVER.format(repo=str(repo_root), folder=str(folder)))
@@ -289,7 +289,10 @@ def test_kill_9_while_saving_leaves_a_loadable_checkpoint(tmp_path, repo_root, c
                                 stderr=subprocess.PIPE, text=True)
         try:
             assert proc.stdout.readline().strip() == "ready", proc.communicate()[1]
-            wait_for_a_save(folder, after=last, proc=proc)  # the loop is running ...
+            # The loop is running, and has saved a whole state: its first checkpoint is version last or last + 1,
+            # so one past last + 1 is at least its second, written after its first state. (Killed before that,
+            # it could leave the previous round's state two versions behind the weights.)
+            wait_for_a_save(folder, after=last + 1, proc=proc)
             time.sleep(rng.uniform(0.0, 0.3))  # ... then a random moment in it
             proc.kill()  # SIGKILL: no handler, no cleanup
             proc.communicate(timeout=30)
@@ -299,7 +302,8 @@ def test_kill_9_while_saving_leaves_a_loadable_checkpoint(tmp_path, repo_root, c
                 proc.communicate()
         assert proc.returncode == -signal.SIGKILL
 
-        model, loaded_tokenizer, training = load_checkpoint(folder)  # temp files beside it do no harm
+        model, loaded_tokenizer = load_pretrained(folder)  # temp files beside it do no harm
+        training = read_training(folder)
         weights_version = only_value(dict(model.named_parameters()))
         assert training["iter"] in (weights_version, weights_version - 1)  # training.json is written after
         assert weights_version >= last  # never rolled back
@@ -309,7 +313,7 @@ def test_kill_9_while_saving_leaves_a_loadable_checkpoint(tmp_path, repo_root, c
         optimizer = configure_optimizer(fresh, 1e-3, 0.1, torch.device("cpu"))
         loop = load_state(folder / STATE_FILE, fresh, optimizer, torch.amp.GradScaler("cpu", enabled=False),
                           BatchLoader(torch.zeros(200, dtype=torch.int64).numpy(), 16, 4))
-        state_version = loop["iter"]
+        state_version = loop.step
         assert state_version in (weights_version, weights_version - 1)  # saved right after the checkpoint
         moments = {f"{i}.{k}": v for i, s in enumerate(optimizer.state.values()) for k, v in s.items()
                    if k.startswith("exp_avg")}
@@ -370,12 +374,10 @@ def test_non_finite_steps_are_skipped_and_counted(engine, tmp_path):
     assert math.isnan(train_rows[5]["train_loss"]) and math.isfinite(train_rows[7]["train_loss"])
 
 
-def test_persistent_non_finite_steps_stop_with_one_line_and_keep_the_checkpoint(tmp_path, monkeypatch, capsys,
-                                                                               text_file):
-    monkeypatch.setattr(train_mod, "CACHE_DIR", tmp_path / "cache")
+def test_persistent_non_finite_steps_stop_with_one_line_and_keep_the_checkpoint(tmp_path, capsys, text_file):
     out = tmp_path / "out"
     argv = [*TINY, "--data", str(text_file), "--out-dir", str(out), "--max-iters", "12", "--eval-interval", "4",
-            "--max-bad-steps", "3"]
+            "--max-bad-steps", "3", "--cache-dir", str(tmp_path / "cache")]
     snapshots: dict[int, dict] = {}
     with nan_loss_at(set(range(5, 13)), snapshots), pytest.raises(SystemExit) as exit_info:
         errors.run_cli(lambda: train_mod.main(argv))
@@ -385,7 +387,8 @@ def test_persistent_non_finite_steps_stop_with_one_line_and_keep_the_checkpoint(
     assert "--lr" in err[0] and str(out) in err[0]
     assert max(snapshots) == 7  # it stopped at once
     assert_same_weights(snapshots[5], snapshots[7])  # the bad steps changed nothing
-    model, _, training = load_checkpoint(out)  # the checkpoint of step 4 = the weights before step 5
+    model, _ = load_pretrained(out)  # the checkpoint of step 4 = the weights before step 5
+    training = read_training(out)
     assert training["step"] == 4
     for name, tensor in model.named_parameters():
         assert torch.equal(tensor, snapshots[5][name]), name
@@ -401,14 +404,14 @@ def test_a_skipped_step_is_reported_as_skipped_with_the_float16_scaler(monkeypat
     monkeypatch.setattr(GPT, "forward", lambda self, idx, targets=None, **kw: (
         lambda out: (out[0], out[1] * float("nan")))(real(self, idx, targets, **kw)))
     optimizer = configure_optimizer(model, 1e-3, 0.1, torch.device("cpu"))
-    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    precision = Precision(torch.device("cpu"), torch.float16)
+    assert precision.scaler.is_enabled()
     loader = BatchLoader((torch.arange(500) % 48).numpy(), 16, 4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    loss, grad_norm, stepped = train_mod.train_step(model, optimizer, scaler, loader, 1, contextlib.nullcontext(),
-                                                    train_mod.distributed.Dist(), 1.0)
+    loss, grad_norm, healthy = train_mod.train_step(model, optimizer, loader, 1, precision, Distributed(), 1.0)
     assert math.isnan(loss.item()) and not math.isfinite(grad_norm.item())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the scaler did skip it ...
-    assert not stepped  # ... so the loop must count it as a bad step
+    assert not healthy  # ... so the loop must count it as a bad step
 
 
 # --- gradient accumulation -------------------------------------------------------------------------------------
@@ -457,7 +460,8 @@ def test_gpt2_124m_preset():
 
 
 def test_defaults_are_the_cpu_preset_and_every_preset_parses():
-    assert parse_args([]) == TrainConfig()
+    assert TrainConfig().n_head is None  # derived from d_model by the parser: 256 -> 4 heads of 64
+    assert parse_args([]) == TrainConfig(n_head=4)
     for name, values in PRESETS.items():
         cfg = parse_args(["--preset", name])
         for key, value in values.items():
@@ -505,7 +509,7 @@ def test_parser_rejects_bad_values_with_exit_2(argv, capsys):
     ("bfloat16", True, torch.bfloat16),
 ])
 def test_resolve_dtype_on_cpu(monkeypatch, requested, native_bf16, expected):
-    monkeypatch.setattr("src.device.cpu_has_native_bf16", lambda: native_bf16)
+    monkeypatch.setattr("src.engine.precision.cpu_has_native_bf16", lambda: native_bf16)
     dtype, why = resolve_dtype(requested, torch.device("cpu"))
     assert dtype == expected and why
 
@@ -528,9 +532,9 @@ def test_bf16_training_reaches_the_fp32_loss(engine, tmp_path):
     fp32 = engine(tmp_path / "fp32", *flags, "--dtype", "float32")
     bf16 = engine(tmp_path / "bf16", *flags, "--dtype", "bfloat16")
     initial = rows(tmp_path / "fp32")[0]["val_loss"]
-    assert fp32["val_loss"] < initial - 0.4  # it learned something ...
-    assert bf16["val_loss"] == pytest.approx(fp32["val_loss"], abs=0.05)  # ... and bf16 learned the same
-    assert bf16["val_loss"] != fp32["val_loss"]  # (bf16 really ran in lower precision)
+    assert fp32.val_loss < initial - 0.4  # it learned something ...
+    assert bf16.val_loss == pytest.approx(fp32.val_loss, abs=0.05)  # ... and bf16 learned the same
+    assert bf16.val_loss != fp32.val_loss  # (bf16 really ran in lower precision)
 
 
 # --- torch.compile -------------------------------------------------------------------------------------------
@@ -551,17 +555,17 @@ def test_compiled_training_saves_plain_checkpoints(run_cli, engine, tmp_path, te
     for file in (out / "model.safetensors", out / "best" / "model.safetensors", out / STATE_FILE):
         names = tensors(file).keys()
         assert names and not any("_orig_mod" in n or n.startswith("module.") for n in names), file
-    model, _, _ = load_checkpoint(out)  # in this plain (uncompiled) process
+    model, _ = load_pretrained(out)  # in this plain (uncompiled) process
     loop = load_state(out / STATE_FILE, model, configure_optimizer(model, 1e-3, 0.1, torch.device("cpu")),
                       torch.amp.GradScaler("cpu", enabled=False),
                       BatchLoader(torch.zeros(100, dtype=torch.int64).numpy(), 16, 4))
-    assert loop["step"] == 3
+    assert loop.step == 3
     eager = engine(tmp_path / "eager", *flags)  # the compiled step computes the same training
     compiled_rows = [r for r in rows(out) if r["event"] == "train"]
     eager_rows = [r for r in rows(tmp_path / "eager") if r["event"] == "train"]
     for c, e in zip(compiled_rows, eager_rows, strict=True):
         assert c["train_loss"] == pytest.approx(e["train_loss"], abs=1e-4)
-    assert json.loads((out / "training.json").read_text())["val_loss"] == pytest.approx(eager["val_loss"], abs=1e-4)
+    assert json.loads((out / "training.json").read_text())["val_loss"] == pytest.approx(eager.val_loss, abs=1e-4)
 
 
 # --- what a run records -----------------------------------------------------------------------------------------
@@ -575,7 +579,7 @@ def test_metrics_rows_and_loss_plot(engine, tmp_path):
     eval_rows = [r for r in metrics if r["event"] == "eval"]
     assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in eval_rows] == [0, 3, 6]
-    per_token = flops_per_token(load_checkpoint(out)[0].config)
+    per_token = load_pretrained(out)[0].flops_per_token()
     for r in train_rows:
         assert {"step", "tokens", "train_loss", "lr", "grad_norm", "tokens_per_s", "flops_per_s", "mfu"} <= r.keys()
         assert r["tokens"] == 64 * r["step"]
@@ -596,8 +600,8 @@ def test_best_holds_the_checkpoint_with_the_lowest_val_loss(engine, tmp_path, mo
     scripted = iter([3.0, 2.5, 2.0, 2.2, 2.1])  # steps 0, 2, 4, 6, 8
     calls, weights_at = [], {}
 
-    def estimate_loss(model, batches, ctx, info):
-        loss = real(model, batches, ctx, info)
+    def estimate_loss(model, batches, autocast_ctx, ddp):
+        loss = real(model, batches, autocast_ctx, ddp)
         calls.append(1)
         if len(calls) % 2:  # evaluate() asks for train, then val
             return loss
@@ -613,10 +617,10 @@ def test_best_holds_the_checkpoint_with_the_lowest_val_loss(engine, tmp_path, mo
     best = json.loads((out / "best" / "training.json").read_text())
     assert best["val_loss"] == min(r["val_loss"] for r in eval_rows) == 2.0 and best["step"] == 4
     assert json.loads((out / "training.json").read_text())["val_loss"] == 2.1  # the latest is step 8's
-    model, _, _ = load_checkpoint(out / "best")
+    model, _ = load_pretrained(out / "best")
     for name, tensor in model.named_parameters():
         assert torch.equal(tensor, weights_at[2.0][name]), name
-    latest, _, _ = load_checkpoint(out)
+    latest, _ = load_pretrained(out)
     assert not torch.equal(latest.transformer.wte.weight, model.transformer.wte.weight)
     assert state_meta(out / STATE_FILE)["loop"]["best_val_loss"] == 2.0
 
@@ -635,7 +639,7 @@ def test_copied_run_folder_resumes(engine, tmp_path):
     engine(out, "--max-iters", "4", "--eval-interval", "2", "--warmup-iters", "2")
     shutil.copytree(out, tmp_path / "b")
     resumed = engine(tmp_path / "b", "--max-iters", "6", "--eval-interval", "2", "--warmup-iters", "2", "--resume")
-    assert resumed["step"] == 6
+    assert resumed.step == 6
     assert [r["step"] for r in rows(tmp_path / "b") if r["event"] == "train"] == [1, 2, 3, 4, 5, 6]
     assert rows(tmp_path / "b")[:5] == rows(out)[:5]  # the rows up to step 4 were kept as they were
 
@@ -652,7 +656,7 @@ def test_a_time_budget_ends_the_run_with_the_learning_rate_decayed(engine, tmp_p
     train_rows = [r for r in rows(out) if r["event"] == "train"]
     last = train_rows[-1]["step"]
     assert 3 < last < 1_000_000  # it trained, and stopped long before max_iters
-    assert summary["step"] == last  # evaluated at the step it stopped at, though eval_interval never came
+    assert summary.step == last  # evaluated at the step it stopped at, though eval_interval never came
     assert json.loads((out / "training.json").read_text())["step"] == last  # and saved there
     assert train_rows[-1]["lr"] < 0.2 * 1e-2  # decayed: a fixed schedule would still be at the peak here
     assert max(r["lr"] for r in train_rows) > 0.5 * 1e-2  # the peak was reached on the way

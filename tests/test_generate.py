@@ -287,8 +287,8 @@ def test_bigram_generates_without_a_cache():
     model = BigramLanguageModel(vocab_size=V)
     with torch.no_grad():
         model.token_embedding_table.weight.normal_(0, 2.0)
-    assert not hasattr(model, "new_kv_cache")
-    out = generate(model, [3], 30, temperature=0)  # use_cache=True is simply not available: no error
+    assert model.new_kv_cache(1) is None  # it looks at one token: nothing to keep between steps
+    out = generate(model, [3], 30, temperature=0)  # use_cache=True (the default) has no cache to use: no error
     assert len(out) == 31
     table = model.token_embedding_table.weight
     for a, b in zip(out, out[1:], strict=False):
@@ -328,7 +328,7 @@ def test_repetition_penalty_changes_what_a_repeating_gpt_says(gpt):
 
 
 def test_bad_sampling_settings_are_user_errors(gpt):
-    from src.errors import UserError
+    from src.engine.errors import UserError
 
     for bad in (dict(temperature=-1), dict(top_k=0), dict(top_p=1.5), dict(repetition_penalty=0)):
         with pytest.raises(UserError):

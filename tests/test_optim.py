@@ -1,4 +1,4 @@
-"""Tests for src/optim.py: who gets weight decay, and the learning-rate schedule as a table."""
+"""Tests for configure_optimizer and lr_at (src/train.py): who gets weight decay, and the LR schedule as a table."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from src.bigram import BigramLanguageModel
 from src.model import GPT
-from src.optim import configure_optimizer, lr_at
+from src.train import configure_optimizer, lr_at
 
 
 def test_every_parameter_is_in_exactly_one_group(tiny_config):

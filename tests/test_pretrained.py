@@ -24,9 +24,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from src.checkpoint import from_hf_state_dict, load_model, save_checkpoint
-from src.errors import UserError
-from src.hub import hub_repo
+import src.engine.hub as hub
+from src.engine.checkpoint import load_model, save_checkpoint
+from src.engine.errors import UserError
+from src.engine.hub import hub_repo
 from src.model import GPT
 from src.tokenizer import CharTokenizer
 
@@ -139,7 +140,7 @@ def test_gpt2_124m_shape_greedy_equals_hugging_face(gpt2_124m):
     folder, _, ours_at_init = gpt2_124m
     hf = spread(GPT2LMHeadModel.from_pretrained(folder)).eval()
     ours = copy.deepcopy(ours_at_init)  # then HF's spread tensors, mapped the way load_model maps a folder
-    ours.load_state_dict(from_hf_state_dict(hf.state_dict(), ours), strict=False)
+    ours.load_hf_state_dict(hf.state_dict())
     expected = greedy_hf(hf, EMOJI_CJK_LIKE, 20)  # one prompt: 20 steps of a 124M model take seconds on a CPU
     assert ours.generate(EMOJI_CJK_LIKE, 20, temperature=0) == expected
     assert len(set(expected[len(EMOJI_CJK_LIKE):])) > 3
@@ -237,14 +238,18 @@ def test_hub_names_map_to_the_official_repositories():
     assert hub_repo("someone/gpt2") is None
 
 
-def test_loading_gpt2_offline_says_what_to_put_where(tmp_path, monkeypatch):
+@pytest.mark.parametrize("reachable", [False, True], ids=["hub-unreachable", "download-fails"])
+def test_loading_gpt2_offline_says_what_to_put_where(tmp_path, monkeypatch, reachable):
     huggingface_hub = pytest.importorskip("huggingface_hub")
     monkeypatch.chdir(tmp_path)  # no local folder named gpt2
+    calls = []
 
-    def offline(*args, **kwargs):
+    def offline(repo_id, filename, **kwargs):  # not in the local cache, and no network either
+        calls.append(kwargs.get("local_files_only", False))
         raise ConnectionError("no network")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.setattr(hub, "hub_reachable", lambda *args, **kwargs: reachable)
     with pytest.raises(UserError) as err:
         load_model("gpt2")
     message = str(err.value)
@@ -252,6 +257,13 @@ def test_loading_gpt2_offline_says_what_to_put_where(tmp_path, monkeypatch):
                   "https://huggingface.co/openai-community/gpt2", "folder"):
         assert words in message
     assert "\n" not in message
+    assert calls[0] is True  # the local cache is asked first
+    if reachable:  # a download was attempted, and its failure is named
+        assert calls == [True, False]
+        assert "downloading them from the Hugging Face Hub failed (ConnectionError)" in message
+    else:  # the Hub cannot be reached: the error comes at once, with no download attempt
+        assert calls == [True]
+        assert "the Hugging Face Hub cannot be reached" in message
 
 
 def test_loading_gpt2_without_huggingface_hub_says_how_to_install_it(tmp_path, monkeypatch):
@@ -288,9 +300,10 @@ def edit_weights(folder: Path, edit) -> None:
     [
         (lambda t: t.pop("transformer.h.0.ln_1.bias"), ["missing", "h.0.ln_1.bias"]),
         (lambda t: t.update({"transformer.h.0.attn.extra": torch.zeros(3)}), ["unexpected", "attn.extra"]),
-        (lambda t: t.update({"transformer.wpe.weight": t["transformer.wpe.weight"][:10]}), ["shape", "wpe"]),
+        (lambda t: t.update({"transformer.wpe.weight": t["transformer.wpe.weight"][:10]}),
+         ["weight transformer.wpe.weight is (10, 24), the config says (40, 24)"]),
         (lambda t: t.update({"transformer.h.0.mlp.c_fc.weight": t["transformer.h.0.mlp.c_fc.weight"].t().contiguous()}),
-         ["shape", "c_fc"]),
+         ["weight transformer.h.0.mlp.c_fc.weight is (24, 96), the config says (96, 24)"]),
     ],
     ids=["missing-key", "unexpected-key", "wrong-shape", "untransposed-conv1d"],
 )

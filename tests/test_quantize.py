@@ -1,4 +1,4 @@
-"""Tests for src/quantize.py: int8 weights with one scale per row, for faster CPU generation.
+"""Tests for src/engine/quantize.py: int8 weights with one scale per row, for faster CPU generation.
 
 Oracles: a float64 computation with the dequantized weights (Wq * scale) for what each layer must
 return, and the float32 model for how close the quantized model stays. The fast one-row kernel is also
@@ -15,10 +15,10 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-import src.quantize as quantize
-from src.checkpoint import save_checkpoint
+import src.engine.quantize as quantize
+from src.engine.checkpoint import save_checkpoint
+from src.engine.quantize import Int8Linear, is_quantized, quantize_int8, quantize_rows
 from src.model import GPT, GPTConfig
-from src.quantize import Int8Linear, is_quantized, quantize_int8, quantize_rows
 from src.tokenizer import CharTokenizer
 
 

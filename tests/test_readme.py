@@ -1,4 +1,5 @@
-"""The README's code must work as written: the Python snippet runs verbatim, the Quick start is two commands."""
+"""The README's code must work as written: the Python snippets run verbatim, the Quick start is two commands,
+and the file table is the reading path, in order."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def readme(repo_root) -> str:
 
 def test_use_it_from_python_snippet_runs_verbatim(readme, repo_root):
     blocks = code_blocks(section(readme, "Use it from Python"), "python")
-    assert len(blocks) == 1
+    assert len(blocks) == 2
     proc = subprocess.run(
         [sys.executable, "-c", blocks[0]], cwd=repo_root, capture_output=True, text=True, timeout=300,
         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
@@ -51,3 +52,37 @@ def test_quick_start_is_two_bash_blocks_and_the_second_runs_pytest(readme):
     test_cmds = [c.strip() for c in blocks[1].strip().split("&&")]
     assert test_cmds[-1] == "python -m pytest"
     assert "pip install -r requirements-dev.txt" in test_cmds
+
+
+def test_the_load_pretrained_snippet_decodes_with_the_checkpoints_own_tokenizer(readme, repo_root, tmp_path,
+                                                                               run_cli, tiny_text):
+    """Run the README's second snippet verbatim in a folder whose `out/` holds a BPE run: the text it prints
+    decodes with that run's BPE vocabulary (the module-level char `decode` would fail or print other text)."""
+    snippet = code_blocks(section(readme, "Use it from Python"), "python")[1]
+    assert 'load_pretrained("out")' in snippet
+    data = tmp_path / "plays.txt"
+    data.write_text(("ROMEO:\n" + tiny_text[:400] + "\n\n") * 8, encoding="utf-8")
+    proc = run_cli("src/train.py", "--data", data, "--out-dir", tmp_path / "out", "--cache-dir", tmp_path / "cache",
+                   "--tokenizer", "bpe", "--vocab-size", "300", "--n-layer", "1", "--d-model", "32",
+                   "--block-size", "16", "--batch-size", "4", "--max-iters", "2", "--eval-iters", "1",
+                   "--sample-tokens", "0", "--peak-flops", "1e12", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONPATH": str(repo_root)}
+    ran = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith("ROMEO:")
+    # The ids were BPE ids (up to 299): the module-level char `decode` (71 characters) could not have
+    # printed them, so a snippet that used it would have failed above.
+    from src.engine.checkpoint import load_pretrained
+
+    model, tokenizer = load_pretrained(tmp_path / "out")
+    assert tokenizer.kind == "bpe" and model.config.vocab_size == 300
+
+
+def test_the_file_table_is_the_reading_path_in_order(readme, repo_root):
+    table = section(readme, "What each file teaches")
+    listed = re.findall(r"^\| `src/(\w+)\.py` \|", table, flags=re.M)
+    on_disk = sorted(p.stem for p in (repo_root / "src").glob("*.py") if p.stem != "__init__")
+    assert sorted(listed) == on_disk
+    assert listed == ["tokenizer", "bpe", "dataloader", "bigram", "model", "sampling", "generate", "train", "sample"]

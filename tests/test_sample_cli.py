@@ -24,16 +24,19 @@ import torch
 
 from src.bigram import BigramLanguageModel
 from src.bpe import ENDOFTEXT, BPETokenizer
-from src.checkpoint import load_checkpoint, save_checkpoint
-from src.estimate import describe
+from src.engine.checkpoint import load_pretrained, save_checkpoint
+from src.engine.perf import describe, param_count
+from src.engine.quantize import quantize_int8
 from src.generate import generate
 from src.model import GPT, GPTConfig
-from src.quantize import quantize_int8
 from src.tokenizer import CharTokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHAR_TEXT = "the king and the queen saw a long night.\nLove is a sword, my heart a crown!\nWho? What?\n"
 SPEED = re.compile(r"^\d+ tokens in \d+\.\d+ s: \d+\.\d tokens/s$", re.MULTILINE)
+TOO_LONG_NOTE = (
+    "note: the prompt is {n} tokens long and the model's context is {context}: it sees only the last {context}"
+)
 
 
 def sample(ckpt, *args, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -108,7 +111,7 @@ def bpe_ckpt(tmp_path_factory) -> Path:
 
 def expected_text(ckpt: Path, prompt: str, n: int, seed: int, temperature: float, stop_at_eot: bool = True):
     """(prompt + continuation, generated ids) computed in this process, cut at <|endoftext|>."""
-    model, tokenizer, _ = load_checkpoint(ckpt)
+    model, tokenizer = load_pretrained(ckpt)
     ids = tokenizer.encode(prompt)
     new = generate(model, ids, n, temperature=temperature, seed=seed)[len(ids) :]
     eot = getattr(tokenizer, "eot_token_id", None)
@@ -144,7 +147,7 @@ def test_no_cache_prints_the_same_text(char_ckpt, env):
 
 def test_int8_prints_the_text_of_the_quantized_model(char_ckpt, env):
     args = ["--prompt", "the king", "--max-new-tokens", "40", "--seed", "3"]
-    model, tokenizer, _ = load_checkpoint(char_ckpt)
+    model, tokenizer = load_pretrained(char_ckpt)
     ids = tokenizer.encode("the king")
     expected = tokenizer.decode(generate(quantize_int8(model), ids, 40, temperature=0.8, seed=3)) + "\n"
     assert ok(sample(char_ckpt, *args, "--int8", env=env)) == expected
@@ -283,9 +286,13 @@ def test_interactive_reports_a_bad_prompt_and_goes_on_until_an_empty_line(char_c
     assert out.startswith("Who") and "queen" not in out and out.count("\n") >= 1
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "'~'" in errors[0]
+    # A prompt longer than the context is no error: a note says so, it is answered, and the loop goes on.
     too_long = sample(char_ckpt, "--interactive", "--max-new-tokens", "5", stdin="the " * 20 + "\nWho\n", env=env)
-    assert ok(too_long).startswith("Who")
-    assert "context is 32" in too_long.stderr
+    singles = [ok(sample(char_ckpt, "--max-new-tokens", "5", "--prompt", p, env=env)) for p in ("the " * 20, "Who")]
+    assert ok(too_long) == "".join(singles)
+    assert ok(too_long).startswith("the " * 20)
+    # stderr: the "> " prompts (the third read hit end of input) and the note, nothing else
+    assert too_long.stderr == "> " + TOO_LONG_NOTE.format(n=80, context=32) + "\n> > \n"
 
 
 # --- bad input -----------------------------------------------------------------------------------------------------
@@ -301,16 +308,30 @@ def test_interactive_reports_a_bad_prompt_and_goes_on_until_an_empty_line(char_c
         (["--stop", ""], ["--stop"]),
         (["--num-samples", "0", "--stream"], ["--num-samples"]),
         (["--max-new-tokens", "-5", "--stream"], ["--max-new-tokens"]),
-        (["--prompt", "a" * 33, "--stream"], ["33 tokens long", "context is 32"]),
         (["--prompt", "zebra~", "--stream"], ["character(s)", "'~'"]),
     ],
     ids=["penalty-0", "penalty-negative", "temperature-nan", "top-k", "empty-stop", "num-samples",
-         "max-new-tokens", "prompt-too-long", "unknown-chars"],
+         "max-new-tokens", "unknown-chars"],
 )
 def test_bad_values_are_one_line_errors(char_ckpt, env, args, words):
     proc = sample(char_ckpt, "--max-new-tokens", "5", *args, env=env)
     assert_one_line_error(proc, *words)
     assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["batch", "stream"])
+def test_a_prompt_longer_than_the_context_is_a_note_and_the_model_sees_its_end(char_ckpt, env, stream):
+    args = ["--max-new-tokens", "5", "--prompt", "a" * 33, *(["--stream"] if stream else [])]
+    proc = sample(char_ckpt, *args, env=env)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr
+    expected, new_ids = expected_text(char_ckpt, "a" * 33, 5, seed=1337, temperature=0.8)  # sample.py's defaults
+    assert len(new_ids) == 5
+    assert proc.stdout == expected + "\n"
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0] == TOO_LONG_NOTE.format(n=33, context=32)
+    assert len(lines) == (2 if stream else 1)  # nothing else; with --stream, the speed line
+    if stream:
+        assert SPEED.match(lines[1]), proc.stderr
 
 
 def test_a_large_model_announces_its_size_before_loading(tmp_path, env):
@@ -322,8 +343,8 @@ def test_a_large_model_announces_its_size_before_loading(tmp_path, env):
     proc = sample(tmp_path, env=env)
     assert proc.returncode == 1 and proc.stdout == "" and "Traceback" not in proc.stderr
     first, second = proc.stderr.strip().splitlines()
-    size = describe(GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, d_model=768), train=False)
-    assert first.endswith(size) and "124" in size and "0.50 GB" in size
+    size = describe(param_count(vocab_size=50257, block_size=1024, n_layer=12, d_model=768), train=False)
+    assert first.endswith(size) and size.startswith("124,439,808 parameters") and "0.50 GB" in size
     assert second.startswith("error: ") and "corrupt" in second
 
 

@@ -11,13 +11,15 @@ import math
 import pytest
 import torch
 
-from src.errors import UserError
+import src.generate
+from src.bigram import BigramLanguageModel
+from src.engine.errors import UserError
+from src.engine.textstream import find_stop
 from src.sampling import (
     apply_repetition_penalty,
     apply_temperature,
     check_sampling_args,
     draw,
-    find_stop,
     sample_next_token,
     top_k_filter,
     top_p_filter,
@@ -72,9 +74,20 @@ def test_invalid_args_raise_user_error(temperature, top_k, top_p, penalty, word)
     assert word in message and "\n" not in message
 
 
-def test_sample_next_token_checks_its_args():
+def test_generate_checks_the_args_once_on_entry(monkeypatch):
+    # sample_next_token trusts its arguments; generate checks them once, before the model runs at all.
+    model = BigramLanguageModel(vocab_size=4)
+    forward_calls = []
+    real_forward = model.forward
+    model.forward = lambda *a, **k: forward_calls.append(1) or real_forward(*a, **k)
     with pytest.raises(UserError, match="top_p"):
-        sample_next_token(torch.zeros(1, 4), top_p=0.0)
+        src.generate.generate(model, [1, 2], 5, top_p=0.0)
+    assert forward_calls == []
+    checks = []
+    counting = lambda *a, **k: checks.append(a) or check_sampling_args(*a, **k)
+    monkeypatch.setattr(src.generate, "check_sampling_args", counting)
+    assert len(src.generate.generate(model, [1, 2], 5, temperature=0.5, top_k=2, top_p=0.9, seed=0)) == 7
+    assert checks == [(0.5, 2, 0.9, 1.0)] and len(forward_calls) == 5  # one check for five tokens
 
 
 # --- temperature ----------------------------------------------------------------------------------
@@ -396,9 +409,10 @@ def test_find_stop_across_token_boundaries():
     assert text[: found[-1]] == "Hello"
 
 
-def test_find_stop_rejects_empty_stop_string():
-    with pytest.raises(UserError):
-        find_stop("abc", ["x", ""])
+def test_find_stop_takes_an_empty_stop_string_literally():
+    # An empty string matches everywhere, so at index 0; the CLI refuses an empty --stop once, on entry.
+    assert find_stop("abc", ["x", ""]) == 0
+    assert find_stop("", [""]) == 0
 
 
 # --- parity with Hugging Face's logits processors -------------------------------------------------

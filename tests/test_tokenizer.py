@@ -1,4 +1,5 @@
-"""Tests for src/tokenizer.py: the character tokenizer, its file format, and the module-level API."""
+"""Tests for src/tokenizer.py: the character tokenizer, its file format (read back by
+`engine/checkpoint.py`'s `load_tokenizer`), and the module-level API."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import src.tokenizer as tokenizer_module
-from src.errors import UserError
-from src.tokenizer import CharTokenizer, default_tokenizer, load_tokenizer
+from src.engine.checkpoint import load_tokenizer
+from src.engine.errors import UserError
+from src.tokenizer import CharTokenizer, default_tokenizer
 
 # Any Unicode text (hypothesis leaves out lone surrogates, which UTF-8 cannot hold): emoji, CJK, combining
 # marks, control characters, "\r\n" and whitespace runs all come up.

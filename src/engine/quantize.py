@@ -25,6 +25,8 @@ convert Wq to float32 once and use a normal product.
 Only the `nn.Linear` layers are quantized (the attention and MLP projections, and `lm_head`); the
 embeddings, LayerNorms and biases stay float32. A quantized model is for generation only: it cannot
 be trained, and `save_checkpoint` refuses it (save the float model instead).
+
+Who uses it: `sample.py --int8`, `engine/checkpoint.py` (`is_quantized`), the generation benchmarks.
 """
 
 from __future__ import annotations

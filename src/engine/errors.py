@@ -1,15 +1,24 @@
-"""One error type for mistakes a user can fix, and the wrapper that turns it into a one-line message.
+"""One error type for mistakes a user can fix, and the command-line plumbing that prints it as one line.
 
 Library code raises `UserError` with a sentence that says what is wrong and how to fix it. The command-line
 entry points (`train.py`, `sample.py`) run their `main` through `run_cli`, which prints that sentence as
 `error: ...` on stderr and exits with status 1 instead of showing a Python traceback. Bugs (any other
 exception) still show their traceback, because a traceback is what a developer needs to fix a bug.
+
+`ArgumentParser` does the same for a mistyped or out-of-range flag: one line naming the flag and a pointer
+to `--help`, exit status 2 (argparse's own convention for usage errors), instead of argparse's full usage
+text above the one line that matters.
+
+Who uses it: every module that can meet bad input raises `UserError`; `train.py` and `sample.py` use
+`run_cli` and `ArgumentParser`.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 
 class UserError(Exception):
@@ -23,3 +32,11 @@ def run_cli(main: Callable[[], None]) -> None:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line: `error: argument --lr: must be > 0, got -1 (see --help)`."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (`{self.prog} --help` lists the flags)", file=sys.stderr)
+        sys.exit(2)

@@ -2,14 +2,23 @@
 
 Every field has a default, so `python src/train.py` runs as is; `python src/train.py --help` lists the
 flags. A `--preset` swaps in a whole set of defaults (see PRESETS); flags given on the command line
-still win over it. The parser rejects impossible values (a negative size, d_model not divisible by
-n_head) before any work starts. The resolved settings are saved with every checkpoint (`training.json`).
+still win over it. The parser rejects impossible values (a negative size, an infinite learning rate,
+d_model not divisible by n_head) before any work starts, in one line that names the flag. The resolved
+settings are saved with every checkpoint (`training.json`) and in the resume state, where `--resume`
+compares them with the flags it is given (`SHAPE_SETTINGS`).
+
+Who uses it: `train.py` (`parse_args`, `TrainConfig`); the benchmarks build configs through `parse_args`.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import asdict, dataclass, fields
+
+from src.engine.corpus import CACHE_DIR
+from src.engine.errors import ArgumentParser, UserError
+from src.model import default_n_head
 
 
 @dataclass
@@ -25,7 +34,7 @@ class TrainConfig:
     # model
     model: str = "gpt"  # "gpt" or "bigram"
     n_layer: int = 4
-    n_head: int = 4
+    n_head: int | None = None  # None: head size 64 where d_model allows (4 heads for 256), see GPTConfig
     d_model: int = 256
     block_size: int = 256  # context length
     dropout: float = 0.0
@@ -52,6 +61,7 @@ class TrainConfig:
     compile: str = "auto"
     peak_flops: float | None = None  # for the utilisation figure; None = measured (CPU) or looked up (GPU)
     seed: int = 1337
+    cache_dir: str = str(CACHE_DIR)  # converted corpus, token files, GPT-2's tokenizer files, the CPU's peak
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,6 +70,19 @@ class TrainConfig:
     def final_min_lr(self) -> float:
         return self.lr / 10 if self.min_lr is None else self.min_lr
 
+    def micro_batches_per_step(self, world_size: int = 1) -> int:
+        """How many micro-batches each process accumulates into one optimizer step of `tokens_per_step` tokens."""
+        micro_tokens = self.batch_size * self.block_size * world_size  # one micro-batch on every process
+        tokens_per_step = self.tokens_per_step or micro_tokens
+        if tokens_per_step % micro_tokens:
+            raise UserError(f"--tokens-per-step {tokens_per_step} is not a multiple of batch_size x block_size x "
+                            f"processes = {micro_tokens}")
+        return tokens_per_step // micro_tokens
+
+
+# The settings that decide the shapes of the weights (and the tokens they mean): a resumed run must have
+# the same ones as the run it continues. Everything else (learning rate, --max-iters, logging) may change.
+SHAPE_SETTINGS = ("model", "n_layer", "n_head", "d_model", "block_size", "tokenizer", "vocab_size", "init_from")
 
 # Named sets of defaults. Each one is a complete recipe; command-line flags override single values.
 PRESETS: dict[str, dict] = {
@@ -92,36 +115,51 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+def _integer(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
     return value
 
 
+def _positive_int(text: str) -> int:
+    return _integer(text, 1)
+
+
 def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return _integer(text, 0)
+
+
+def _finite(text: str) -> float:
+    """A float that is a real number: "inf" and "nan" parse as floats, but no setting means them."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:  # also rejects nan
+    value = _finite(text)
+    if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
 
 
 def _non_negative_float(text: str) -> float:
-    value = float(text)
+    value = _finite(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
 
 def _probability(text: str) -> float:
-    value = float(text)
+    value = _finite(text)
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
@@ -129,7 +167,7 @@ def _probability(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python src/train.py",
         description="Train a GPT (or the bigram baseline) on a text file, or fine-tune GPT-2 on it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -149,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=["gpt", "bigram"], default=d.model, help="GPT-2 or the bigram baseline")
     g.add_argument("--n-layer", type=_positive_int, default=d.n_layer, help="number of transformer blocks")
-    g.add_argument("--n-head", type=_positive_int, default=d.n_head, help="attention heads per block")
+    g.add_argument("--n-head", type=_positive_int, default=d.n_head,
+                   help="attention heads per block (default: head size 64 where --d-model allows)")
     g.add_argument("--d-model", type=_positive_int, default=d.d_model, help="embedding width (divisible by n_head)")
     g.add_argument("--block-size", type=_positive_int, default=d.block_size, help="context length in tokens")
     g.add_argument("--dropout", type=_probability, default=d.dropout, help="dropout probability while training")
@@ -183,13 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--peak-flops", type=_positive_float, default=d.peak_flops,
                    help="hardware peak FLOP/s for the utilisation figure (default: measured or looked up)")
     g.add_argument("--seed", type=int, default=d.seed, help="random seed: same seed, same run")
+    g.add_argument("--cache-dir", default=d.cache_dir,
+                   help="where token files and other caches go (default: $GPT_SCRATCH_CACHE, else data/.cache)")
     return p
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """Command line -> TrainConfig, or exit with a usage error for impossible values."""
     # First pass: which preset? (--init-from without a preset means fine-tuning.)
-    first = argparse.ArgumentParser(add_help=False)
+    first = ArgumentParser(prog="python src/train.py", add_help=False)
     first.add_argument("--preset", choices=list(PRESETS))
     first.add_argument("--init-from")
     known, _ = first.parse_known_args(argv)
@@ -198,6 +239,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser = build_parser()
     parser.set_defaults(preset=preset, **PRESETS[preset])
     args = parser.parse_args(argv)
+    if args.n_head is None:
+        args.n_head = default_n_head(args.d_model)  # heads 64 wide where d_model allows, as GPT-2
     if args.d_model % args.n_head != 0:
         parser.error(f"--d-model ({args.d_model}) must be divisible by --n-head ({args.n_head})")
     if args.min_lr is not None and args.min_lr > args.lr:

@@ -1,0 +1,25 @@
+"""Machinery: skip it on a first read.
+
+The files at the top of `src/` are the reading path: they teach how GPT-2 works, from characters to a
+trained model. Everything a real training run needs besides that lives here, one idea per file, each
+called from the reading path in one named call:
+
+    config.py       every training setting in one dataclass; the command line; named presets
+    precision.py    device, autocast dtype and float16's gradient scaler, behind one object
+    distributed.py  several processes with PyTorch DDP (a no-op for one process)
+    resume.py       the loop state, the exact-resume state file, Ctrl-C, a time budget
+    checkpoint.py   checkpoint folders: save, load (model, tokenizer), a run's lock on its folder
+    gpt2_files.py   GPT-2's tokenizer files: the byte alphabet, the two file layouts
+    hub.py          downloading released GPT-2 files from the Hugging Face Hub
+    quantize.py     int8 weights for faster generation on a CPU
+    textstream.py   printing generated text as it comes: whole characters, stop strings
+    perf.py         parameters, memory, the hardware's peak FLOP/s, bits per byte
+    metrics.py      the run's header, progress bar, metrics.jsonl and loss.png
+    corpus.py       where the text comes from (your file, or Shakespeare), read safely
+    files.py        atomic writes, JSON, tensor files
+    errors.py       one-line errors for mistakes a user can fix
+
+The reading path's library files import from here only `files`, `errors`, `corpus` (the default text)
+and `gpt2_files` (how a BPE file spells bytes); the two command-line programs, `train.py` and
+`sample.py`, are where the machinery is wired in. A test holds the imports to that.
+"""

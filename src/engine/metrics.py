@@ -1,0 +1,157 @@
+"""What a training run reports: the header, a progress bar, `metrics.jsonl`, evaluation lines, `loss.png`.
+
+JSON Lines is easy to read back (`[json.loads(l) for l in open(path)]`), to append to, and to plot with
+any tool. Each row has `step` and `tokens` (tokens trained on so far); training rows add `train_loss`,
+`lr`, `grad_norm`, `tokens_per_s`, `flops_per_s` and `mfu`; evaluation rows (`"event": "eval"`) add
+`val_loss` and bits per character / byte.
+
+Only the main process reports: `TrainingLog` on any other process does nothing, so the training loop
+calls it without asking which process it is.
+
+Who uses it: `train.py` (`TrainingLog`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from src.engine.files import atomic_write_bytes, atomic_write_text
+from src.engine.perf import describe, peak_flops
+
+
+class MetricsLog:
+    """Appends rows to `metrics.jsonl`; keeps them in memory for the plot."""
+
+    def __init__(self, path: str | Path, resume: bool = False, keep_until: int = 0):
+        """A fresh log, or with `resume` the existing one up to step `keep_until` (rows logged after the
+        last save are dropped: the resumed run will compute them again)."""
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict] = []
+        if resume and self.path.exists():
+            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            self.rows = [r for r in rows if r["step"] <= keep_until]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
+
+    def log(self, **row) -> None:
+        row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
+        self.rows.append(row)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def plot(self, path: str | Path, title: str = "") -> None:
+        """Train and val loss against tokens seen, as a PNG (written atomically)."""
+        import matplotlib
+
+        matplotlib.use("Agg")  # no screen needed
+        import matplotlib.pyplot as plt
+
+        train = [(r["tokens"], r["train_loss"]) for r in self.rows if r.get("event") == "train"]
+        val = [(r["tokens"], r["val_loss"]) for r in self.rows if r.get("event") == "eval"]
+        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+        if train:
+            ax.plot([t for t, _ in train], [loss for _, loss in train], label="train", alpha=0.6, linewidth=1)
+        if val:
+            ax.plot([t for t, _ in val], [loss for _, loss in val], "o-", label="validation", linewidth=2)
+        ax.set_xlabel("tokens seen")
+        ax.set_ylabel("loss (nats per token)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        atomic_write_bytes(path, buf.getvalue())
+
+
+class TrainingLog:
+    """The run's reports, from its header to its last line. Created after the model, before the first step."""
+
+    def __init__(self, cfg, ddp, precision, model, accum: int, compiled: bool, start_step: int = 0):
+        self.enabled = ddp.is_main
+        self.out_dir = Path(cfg.out_dir)
+        self.device = precision.device
+        self.tokens_per_step = cfg.batch_size * cfg.block_size * accum * ddp.world_size
+        self.flops_per_token = model.flops_per_token()
+        self.started = time.time()
+        if not self.enabled:
+            return
+        self.peak, peak_source = peak_flops(precision.device, precision.dtype, cfg.cache_dir, cfg.peak_flops)
+        self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", resume=cfg.resume, keep_until=start_step)
+        self.bar = tqdm(total=cfg.max_iters, initial=start_step, desc="training", unit="step", dynamic_ncols=True,
+                        disable=None)  # disable=None: a live bar only in a terminal
+        self.bar_step = self.window_step = start_step
+        self.window_start = time.time()
+        self.say(f"python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}")
+        self.say(f"device: {precision.device}, precision: {precision.reason}, {torch.get_num_threads()} CPU threads, "
+                 f"{ddp.world_size} process(es), torch.compile {'on' if compiled else 'off'}")
+        self.say(f"model: {cfg.init_from or cfg.model}, {describe(model.num_params())}")
+        self.say(f"{self.tokens_per_step:,} tokens per step = {cfg.batch_size} x {cfg.block_size} tokens x {accum} "
+                 f"micro-batches x {ddp.world_size} process(es); {cfg.max_iters} steps")
+        if self.peak:
+            self.say(f"peak {self.peak / 1e9:,.0f} GFLOP/s ({peak_source}); "
+                     f"model {self.flops_per_token / 1e6:,.1f} MFLOP per token")
+
+    def say(self, text: str) -> None:
+        """A line for the person watching (above the progress bar)."""
+        if self.enabled:
+            tqdm.write(text)
+
+    def _advance(self, step: int) -> None:
+        self.bar.update(step - self.bar_step)
+        self.bar_step = step
+
+    def train(self, step: int, loss: float, lr: float, grad_norm: float) -> None:
+        """A training row: loss, learning rate, gradient norm, and the speed since the previous row."""
+        if not self.enabled:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()  # the GPU runs ahead of Python: wait for it before reading the clock
+        tokens_per_s = (step - self.window_step) * self.tokens_per_step / (time.time() - self.window_start)
+        self.window_step, self.window_start = step, time.time()
+        row = dict(step=step, tokens=step * self.tokens_per_step, train_loss=loss, lr=lr, grad_norm=grad_norm,
+                   tokens_per_s=tokens_per_s, flops_per_s=self.flops_per_token * tokens_per_s)
+        if self.peak:
+            row["mfu"] = self.flops_per_token * tokens_per_s / self.peak
+        self.metrics.log(event="train", **row)
+        self._advance(step)
+        self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+
+    def eval(self, state) -> None:
+        """An evaluation row and line (the clock for tokens/s restarts: it measures training, not this)."""
+        if not self.enabled:
+            return
+        self.metrics.log(event="eval", step=state.step, tokens=state.step * self.tokens_per_step,
+                         train_loss=state.train_loss, val_loss=state.val_loss,
+                         val_bits_per_char=state.val_bits_per_char, val_bits_per_byte=state.val_bits_per_byte)
+        self.say(f"step {state.step:>6}: train loss {state.train_loss:.4f}, val loss {state.val_loss:.4f} "
+                 f"({state.val_bits_per_byte:.3f} bits/byte, {state.val_bits_per_char:.3f} bits/char)")
+        self.window_step, self.window_start = state.step, time.time()
+
+    def stopped(self, step: int) -> None:
+        """After a Ctrl-C / SIGTERM stop was saved: the plot so far, and how to go on."""
+        if not self.enabled:
+            return
+        self.bar.close()
+        self.metrics.plot(self.out_dir / "loss.png", title=f"stopped at step {step}")
+        self.say(f"saved; continue with: python src/train.py --resume --out-dir {self.out_dir} (same flags)")
+
+    def finish(self, state, title: str) -> None:
+        """The end of training: the loss plot and the final line."""
+        if not self.enabled:
+            return
+        self._advance(state.step)
+        self.bar.close()
+        self.metrics.plot(self.out_dir / "loss.png", title=title)
+        self.say(f"done in {time.time() - self.started:.0f} s: val loss {state.val_loss:.4f} "
+                 f"({state.val_bits_per_byte:.3f} bits/byte); saved to {self.out_dir}/ "
+                 "(checkpoint, best/, metrics.jsonl, loss.png)")

@@ -1,0 +1,277 @@
+"""Stopping a run and continuing it exactly: the loop state, the state file, Ctrl-C, a time budget.
+
+Continuing "exactly" means the resumed run computes bit for bit the same losses and weights as an
+uninterrupted one (a test checks this). That needs more than the weights:
+- the optimizer state (AdamW's two running averages per parameter, and its step count);
+- the gradient scaler (float16 training only);
+- the loop's own counters, `LoopState`: step, best validation loss, non-finite steps, the last losses;
+- every random generator: Python's, NumPy's, PyTorch's (CPU and each GPU; dropout draws from these),
+  and the data loader's own generator, which *is* the loader's position in its random sequence;
+- the settings that shape the weights, so that `--resume` with other model flags says which one differs.
+
+All of it goes into ONE safetensors file: tensors as tensors, everything else as JSON in the file's
+header metadata. One file is written atomically (temp file + rename), so the saved state is always
+consistent: never new weights with an old optimizer. No pickle is involved.
+
+A run stops early in two ways, both finishing the current step first: Ctrl-C or SIGTERM (`StopRequest`:
+save and exit 0), and a time budget (`TimeBudget`: evaluate, save and end as if it were the last step,
+with the learning-rate schedule fitted to the steps that fit).
+
+Who uses it: `train.py` (all of it), the tests of exact resume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import safe_open
+
+from src.engine.config import SHAPE_SETTINGS
+from src.engine.errors import UserError
+from src.engine.files import load_tensors, save_tensors
+from src.engine.perf import bits
+
+
+@dataclass
+class LoopState:
+    """Where the training loop stands; saved with every checkpoint and restored by `--resume`."""
+
+    step: int = 0  # optimizer steps taken
+    best_val_loss: float = math.inf
+    bad_steps: int = 0  # non-finite steps in a row (skipped); too many stop the run
+    skipped_steps: int = 0  # non-finite steps in all
+    # the last evaluation
+    train_loss: float | None = None
+    val_loss: float | None = None
+    val_bits_per_byte: float | None = None
+    val_bits_per_char: float | None = None
+
+    def record_step(self, step: int, healthy: bool) -> None:
+        """Count one optimizer step; an unhealthy one (a NaN/inf loss or gradient) was skipped."""
+        self.step = step
+        self.bad_steps = 0 if healthy else self.bad_steps + 1
+        self.skipped_steps += not healthy
+
+    def record_eval(self, train_loss: float, val_loss: float, tokens_per_byte: float, tokens_per_char: float) -> bool:
+        """Keep an evaluation's losses (and validation bits per byte and per character); True if it is the best."""
+        improved = val_loss < self.best_val_loss
+        self.best_val_loss = min(self.best_val_loss, val_loss)
+        self.train_loss, self.val_loss = train_loss, val_loss
+        self.val_bits_per_byte = bits(val_loss, tokens_per_byte)
+        self.val_bits_per_char = bits(val_loss, tokens_per_char)
+        return improved
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LoopState:
+        """From a saved state; keys this version does not know are ignored, missing ones keep their default."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class StopRequest:
+    """Turns Ctrl-C and SIGTERM into a polite request: the loop finishes its step, saves, and exits 0.
+
+    Stopping in the middle of an optimizer step could save a half-updated model, so the signal only sets
+    a flag. A second Ctrl-C stops at once (the last saved checkpoint is still intact).
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class TimeBudget:
+    """`--max-seconds`: end training when the time is used up, with the learning rate decayed by then.
+
+    After every step it projects how many steps fit into the budget at the speed so far, and moves the end
+    of the cosine decay (`decay_iters`) there, so the schedule ends fully decayed on a fast machine or a
+    slow one. Without a budget it never ends the run and `decay_iters` stays at `max_iters`.
+    """
+
+    def __init__(self, seconds: float | None, start_step: int, max_iters: int):
+        self.seconds, self.start_step, self.max_iters = seconds, start_step, max_iters
+        self.decay_iters = max_iters
+        self.started = time.time()
+
+    def used_up(self, step: int) -> bool:
+        """Called after `step`: re-fit `decay_iters`; True once the budget is spent."""
+        if not self.seconds:
+            return False
+        elapsed = time.time() - self.started
+        projected = int((step - self.start_step) * self.seconds / elapsed) + self.start_step
+        self.decay_iters = min(self.max_iters, max(step + 1, projected))
+        return elapsed >= self.seconds
+
+
+STATE_FILE = "resume.safetensors"
+STATE_VERSION = 1
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    """The state of every global random generator, as (tensors, JSON-able values)."""
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.numpy": torch.from_numpy(np_keys.astype(np.int64))}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    values = {
+        "numpy": [np_kind, int(np_pos), int(np_has_gauss), float(np_gauss)],
+        "python": [py_version, list(py_state), py_gauss],
+    }
+    return tensors, values
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], values: dict) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    np_kind, np_pos, np_has_gauss, np_gauss = values["numpy"]
+    np.random.set_state((np_kind, tensors["rng.numpy"].numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
+    py_version, py_state, py_gauss = values["python"]
+    random.setstate((py_version, tuple(py_state), py_gauss))
+    if torch.cuda.is_available():
+        cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """optimizer.state_dict() -> (tensors named 'optim.<param>.<key>', JSON for the rest)."""
+    tensors, scalars = {}, {}
+    for param_id, entries in state["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{param_id}.{key}"] = value
+            else:
+                scalars[f"{param_id}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], values: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, tensor in tensors.items():
+        if name.startswith("optim."):
+            _, param_id, key = name.split(".", 2)
+            state.setdefault(int(param_id), {})[key] = tensor
+    for name, value in values["scalars"].items():
+        param_id, key = name.split(".", 1)
+        state.setdefault(int(param_id), {})[key] = value
+    return {"state": state, "param_groups": values["param_groups"]}
+
+
+def save_state(
+    path: str | Path, model: torch.nn.Module, optimizer, scaler, loader_states: list[torch.Tensor],
+    state: LoopState, config: dict | None = None,
+) -> None:
+    """Write the complete training state to `path` (one file, atomically).
+
+    `loader_states`: the data loader's generator state of every process (one entry for one process).
+    `config`: the run's settings, which `load_state` compares with the resuming run's.
+    """
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    optim_tensors, optim_values = _flatten_optimizer(optimizer.state_dict())
+    tensors.update(optim_tensors)
+    rng_tensors, rng_values = rng_state()
+    tensors.update(rng_tensors)
+    for rank, loader_state in enumerate(loader_states):
+        tensors[f"loader.generator.{rank}"] = loader_state
+    meta = {
+        "version": STATE_VERSION,
+        "loop": state.to_dict(),
+        "config": config,
+        "optimizer": optim_values,
+        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "rng": rng_values,
+    }
+    save_tensors(path, tensors, metadata={"state": json.dumps(meta)})
+
+
+def load_state(
+    path: str | Path, model: torch.nn.Module, optimizer, scaler, loader, rank: int = 0, world_size: int = 1,
+    config: dict | None = None,
+) -> LoopState:
+    """Restore everything `save_state` wrote into live objects; return the loop state.
+
+    `rank` picks this process's data-loader position; resuming needs as many processes as were saved.
+    `config` (the resuming run's settings) must agree with the saved run's on every `SHAPE_SETTINGS` entry.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"nothing to resume: {path} does not exist (train without --resume first)")
+    tensors = load_tensors(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = json.loads(f.metadata()["state"])
+    except Exception as err:  # a safetensors file, but not ours
+        raise UserError(f"{path} is not a resume file ({str(err)[:160]})") from None
+    if meta.get("version") != STATE_VERSION:
+        raise UserError(f"{path} has resume-state version {meta.get('version')}, this code reads {STATE_VERSION}")
+    _check_same_run(path, meta.get("config"), config)
+    weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    _check_same_shapes(path, weights, model)
+    device = next(model.parameters()).device
+    model.load_state_dict(weights, strict=False)  # strict=False: lm_head is tied to wte
+    optimizer.load_state_dict(_unflatten_optimizer({k: v.to(device) for k, v in tensors.items()}, meta["optimizer"]))
+    if meta["scaler"] is not None:
+        scaler.load_state_dict(meta["scaler"])
+    saved_ranks = sum(1 for k in tensors if k.startswith("loader.generator."))
+    if saved_ranks != world_size:  # each process's slice of the data depends on the number of processes
+        raise UserError(f"{path} was saved by {saved_ranks} process(es); resume with {saved_ranks}, not {world_size}")
+    loader.load_state_dict({"generator": tensors[f"loader.generator.{rank}"]})
+    set_rng_state(tensors, meta["rng"])
+    return LoopState.from_dict(meta["loop"])
+
+
+def _flag(setting: str) -> str:
+    return "--" + setting.replace("_", "-")
+
+
+def _check_same_run(path: Path, saved: dict | None, config: dict | None) -> None:
+    """A setting that shapes the weights must be what the saved run used (files of older versions: unchecked)."""
+    if not saved or not config:
+        return
+    for setting in SHAPE_SETTINGS:
+        if setting in saved and saved[setting] != config.get(setting):
+            raise UserError(
+                f"--resume: the run saved in {path.parent} used {_flag(setting)} {saved[setting]}, this command "
+                f"{_flag(setting)} {config.get(setting)}; resume with the saved run's model flags "
+                f"(or start a new run in another --out-dir)"
+            )
+
+
+def _check_same_shapes(path: Path, weights: dict[str, torch.Tensor], model: torch.nn.Module) -> None:
+    """Every saved weight must fit the model built now (a changed text can change the vocabulary, for one)."""
+    expected = {k: v.shape for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    for name in sorted(expected.keys() | weights.keys()):
+        saved, now = weights.get(name), expected.get(name)
+        if saved is None or now is None or saved.shape != now:
+            saved_shape = "missing" if saved is None else tuple(saved.shape)
+            now_shape = "missing" if now is None else tuple(now)
+            raise UserError(
+                f"--resume: {path} does not fit this model: {name} is {saved_shape} there and {now_shape} here "
+                "(did --data, --tokenizer or a model flag change?)"
+            )
