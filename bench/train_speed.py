@@ -1,6 +1,6 @@
 """Training speed on this CPU, next to nanoGPT's figures; and (--quality) the loss reached in 300 s.
 
-    python bench/train_speed.py [--steps 10] [--warmup 3] [--threads N]
+    python bench/train_speed.py [--steps 10] [--warmup 3] [--threads N] [--dtypes float32 bfloat16]
     python bench/train_speed.py --quality [--budget 300]
 
 Speed: for two shapes -- the user's (6 layers, 6 heads, d_model 384, context 256, batch 16) and nanoGPT's
@@ -86,13 +86,13 @@ def time_steps(flags: list[str], dtype: str, steps: int, warmup: int):
     return times, cfg, model
 
 
-def speed_table(steps: int, warmup: int) -> str:
+def speed_table(steps: int, warmup: int, dtypes: list[str]) -> str:
     peaks = cpu_peaks(CACHE_DIR)
     header = (f"{'shape':<40} {'dtype':<9} {'ms/step':>8} {'best ms':>8} {'tokens/s':>9} {'GFLOP/s':>8} {'%fp32pk':>8} "
               f"{'%bf16pk':>8} {'nanoGPT ms':>10} {'ours/nGPT':>9}")
     lines = [header, "-" * len(header)]
     for name, (flags, nanogpt_s) in SHAPES.items():
-        for dtype in ("float32", "bfloat16"):
+        for dtype in dtypes:
             times, cfg, model = time_steps(flags, dtype, steps, warmup)
             per_step = statistics.median(times)
             tokens_per_s = cfg.batch_size * cfg.block_size / per_step
@@ -173,6 +173,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per row")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's choice)")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"],
+                        help="precisions to time (bf16 on a CPU without bf16 instructions takes minutes a step)")
     parser.add_argument("--quality", action="store_true", help="run the 300 s time-to-quality check instead")
     parser.add_argument("--budget", type=float, default=300.0, help="--quality: seconds of training")
     args, extra = parser.parse_known_args()
@@ -183,7 +185,7 @@ def main() -> None:
     if args.quality:
         quality_run(args.budget, extra)
     else:
-        print(speed_table(args.steps, args.warmup))
+        print(speed_table(args.steps, args.warmup, args.dtypes))
 
 
 if __name__ == "__main__":

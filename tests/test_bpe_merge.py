@@ -55,6 +55,39 @@ def _shared() -> BPETokenizer:
     return _TOKENIZER[0]
 
 
+def random_tokenizer(pairs: list[tuple[int, int]]) -> BPETokenizer:
+    """A tokenizer whose merges are arbitrary: merge k joins tokens pairs[k] (indices into the tokens made so far,
+    over the alphabet a, b, c), skipping a pair that would spell an existing token."""
+    vocab = {i: bytes([i]) for i in range(256)}
+    known = [97, 98, 99]  # a, b, c
+    merges = []
+    for i, j in pairs:
+        a, b = known[i % len(known)], known[j % len(known)]
+        token = vocab[a] + vocab[b]
+        if token in vocab.values():
+            continue
+        vocab[len(vocab)] = token
+        merges.append((a, b))
+        known.append(len(vocab) - 1)
+    return BPETokenizer(vocab, merges, pattern=None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 30)), max_size=25), st.text(alphabet="abc", max_size=40))
+def test_plain_and_fast_agree_for_any_merge_table(pairs, text):
+    """Trained merges are tame; arbitrary ones reach the cases where a neighbour's merge makes a pending pair
+    stale ("abc" with bc learned before ab: a must not merge with bc)."""
+    tok = random_tokenizer(pairs)
+    ids = list(text.encode())
+    assert tok.merge_plain(list(ids)) == tok.merge_fast(list(ids))
+
+
+def test_a_pair_made_stale_by_its_neighbour_is_not_merged():
+    tok = BPETokenizer({i: bytes([i]) for i in range(256)} | {256: b"bc", 257: b"ab"}, [(98, 99), (97, 98)],
+                       pattern=None)
+    assert tok.merge_plain([97, 98, 99]) == tok.merge_fast([97, 98, 99]) == [97, 256]
+
+
 def test_overlapping_pairs_merge_left_to_right_in_both():
     tok = BPETokenizer.train("aaabdaaabac", vocab_size=259, pattern=None)  # aa, ab, aaab (Wikipedia's example)
     for text, expected in (("aaa", [256, 97]), ("aaaa", [256, 256]), ("aaabdaaabac", [258, 100, 258, 97, 99])):

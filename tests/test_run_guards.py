@@ -110,30 +110,51 @@ def test_the_lock_is_released_when_a_run_ends_even_by_an_error(tmp_path):
 # --- resume with other flags ------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory, tiny_text) -> tuple[Path, Path, Path]:
+    """(text file, run folder, cache) of a 2-step run, trained once for the resume tests, which must leave it as
+    it is (they check that)."""
+    root = tmp_path_factory.mktemp("saved-run")
+    text_file = root / "input.txt"
+    text_file.write_text(tiny_text, encoding="utf-8")
+    train(parse_args(tiny_flags(text_file, root / "out", root / "cache", "--max-iters", "2")))
+    return text_file, root / "out", root / "cache"
+
+
 @pytest.mark.parametrize(("flag", "value", "saved"), [("--n-layer", "2", "1"), ("--d-model", "64", "32"),
-                                                      ("--block-size", "8", "16"), ("--model", "bigram", "gpt")])
-def test_resume_with_other_model_flags_names_the_setting(run_cli, tmp_path, text_file, flag, value, saved):
-    out, cache = tmp_path / "out", tmp_path / "cache"
-    assert run_cli("src/train.py", *tiny_flags(text_file, out, cache, "--max-iters", "2")).returncode == 0
+                                                      ("--block-size", "8", "16"), ("--model", "bigram", "gpt"),
+                                                      ("--tokenizer", "bpe", "char")])
+def test_resume_with_other_model_flags_names_the_setting(saved_run, flag, value, saved):
+    text_file, out, cache = saved_run
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"}
-    changed = [*tiny_flags(text_file, out, cache, "--max-iters", "4", "--resume")]
+    changed = tiny_flags(text_file, out, cache, "--max-iters", "4", "--resume")
     if flag in changed:
         changed[changed.index(flag) + 1] = value
     else:
         changed += [flag, value]
-    proc = run_cli("src/train.py", *changed)
-    one_line_error(proc, 1, "--resume", f"{flag} {saved}", f"{flag} {value}", str(out))
+    with pytest.raises(UserError) as err:
+        train(parse_args(changed))
+    for words in ("--resume", f"{flag} {saved}", f"{flag} {value}", str(out)):
+        assert words in str(err.value)
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"}
     assert after == before  # nothing saved was touched
 
 
-def test_resume_after_the_text_changed_says_the_shapes_differ(run_cli, tmp_path, text_file):
+def test_resume_with_another_n_layer_is_one_line_on_the_command_line(run_cli, saved_run):
+    """The case the issue met: an optimizer ValueError traceback before."""
+    text_file, out, cache = saved_run
+    flags = tiny_flags(text_file, out, cache, "--max-iters", "4", "--resume")
+    flags[flags.index("--n-layer") + 1] = "2"
+    one_line_error(run_cli("src/train.py", *flags), 1, "--n-layer 1", "--n-layer 2")
+
+
+def test_resume_after_the_text_changed_says_the_shapes_differ(saved_run, tmp_path):
     """Same flags, but a text with other characters: the vocabulary, and so wte's shape, changed."""
-    out, cache = tmp_path / "out", tmp_path / "cache"
-    assert run_cli("src/train.py", *tiny_flags(text_file, out, cache, "--max-iters", "2")).returncode == 0
-    text_file.write_text(text_file.read_text() + "~^|\n" * 100)  # three new characters
-    proc = run_cli("src/train.py", *tiny_flags(text_file, out, cache, "--max-iters", "4", "--resume"))
-    one_line_error(proc, 1, "--resume", "transformer.wte.weight", "did --data")
+    text_file, out, cache = saved_run
+    other = tmp_path / "other.txt"
+    other.write_text(text_file.read_text() + "~^|\n" * 100)  # three new characters
+    with pytest.raises(UserError, match="--resume: .* does not fit this model: transformer.wte.weight .*did --data"):
+        train(parse_args(tiny_flags(other, out, cache, "--max-iters", "4", "--resume")))
 
 
 # --- non-finite numbers ---------------------------------------------------------------------------------------
