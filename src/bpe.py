@@ -80,6 +80,7 @@ FORMAT_VERSION = 1
 # own; for characters that only a recent Unicode version assigns, the three can split text differently.)
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
+
 @lru_cache(maxsize=16)
 def _compiled(pattern: str):
     try:
@@ -240,6 +241,24 @@ class BPETokenizer(Tokenizer):
     # -----------------------------------------------------------------------------------------------
     # Encoding
 
+    def merge_plain(self, ids: list[int]) -> list[int]:
+        """Apply the merges to one piece, the plain way: while some adjacent pair has a merge, merge the
+        pair learned earliest (lowest rank), at every place it occurs, left to right.
+
+            >>> tok = BPETokenizer.train("aaabdaaabac", vocab_size=259, pattern=None)
+            >>> tok.merge_plain([97, 97, 97, 98, 100])       # a a a b d: aa, then ab, then aa+ab
+            [258, 100]
+
+        Each round rescans every pair of the piece: O(n^2) for a piece of n bytes. `merge_fast` gives the
+        same result in O(n log n); `encode` uses that one.
+        """
+        while len(ids) >= 2:
+            pair = min(pairwise(ids), key=lambda p: self._ranks.get(p, math.inf))  # the earliest-learned pair
+            if pair not in self._ranks:
+                return ids  # no adjacent pair has a merge: done
+            ids = merge_pair(ids, pair, self._merged[self._ranks[pair]])
+        return ids
+
     def encode(self, text: str, allowed_special="none_raise") -> list[int]:
         """Text -> ids. `allowed_special` says what to do with special-token strings in the text:
 
@@ -305,24 +324,6 @@ class BPETokenizer(Tokenizer):
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.clear()
             self._cache[piece] = ids
-        return ids
-
-    def merge_plain(self, ids: list[int]) -> list[int]:
-        """Apply the merges to one piece, the plain way: while some adjacent pair has a merge, merge the
-        pair learned earliest (lowest rank), at every place it occurs, left to right.
-
-            >>> tok = BPETokenizer.train("aaabdaaabac", vocab_size=259, pattern=None)
-            >>> tok.merge_plain([97, 97, 97, 98, 100])       # a a a b d: aa, then ab, then aa+ab
-            [258, 100]
-
-        Each round rescans every pair of the piece: O(n^2) for a piece of n bytes. `merge_fast` gives the
-        same result in O(n log n); `encode` uses that one.
-        """
-        while len(ids) >= 2:
-            pair = min(pairwise(ids), key=lambda p: self._ranks.get(p, math.inf))  # the earliest-learned pair
-            if pair not in self._ranks:
-                return ids  # no adjacent pair has a merge: done
-            ids = merge_pair(ids, pair, self._merged[self._ranks[pair]])
         return ids
 
     def merge_fast(self, ids: list[int]) -> list[int]:
@@ -407,7 +408,7 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def from_dict(cls, data: dict, source: str = "tokenizer file") -> BPETokenizer:
         kind, version = data.get("type"), data.get("version")
-        if kind not in ("bpe", "gpt2"):
+        if kind not in ("bpe", "gpt2"):  # "gpt2" is accepted as another name for the same format
             raise UserError(f"{source} is not a BPE tokenizer file (type={kind!r})")
         if version != FORMAT_VERSION:
             raise UserError(

@@ -67,9 +67,7 @@ def learn_tokenizer(kind: str, train_text: str, full_text: str, vocab_size: int)
     no unknown characters); "bpe" learns its merges from the training split only (validation stays unseen)."""
     if kind == "char":
         return CharTokenizer.from_text(full_text)
-    if kind == "bpe":
-        return BPETokenizer.train(train_text, vocab_size, special_tokens=[ENDOFTEXT], verbose=True)
-    raise UserError(f"no tokenizer of kind {kind!r} can be learned here (choose char or bpe)")
+    return BPETokenizer.train(train_text, vocab_size, special_tokens=[ENDOFTEXT], verbose=True)
 
 
 @dataclass
@@ -81,7 +79,6 @@ class Data:
     val: np.ndarray  # (N_val,) token ids
     tokens_per_char: float  # of the validation text, to report the loss in bits per character ...
     tokens_per_byte: float  # ... and per byte, the one unit every tokenizer can be compared on
-    summary: str  # which text, how big, which tokenizer: a line for the run's log
 
 
 def prepare_data(
@@ -91,6 +88,7 @@ def prepare_data(
     tokenizer: Tokenizer | None = None,
     kind: str = "char",
     vocab_size: int = 512,
+    verbose: bool = True,
 ) -> Data:
     """Text -> tokenizer and train/val token ids.
 
@@ -98,8 +96,13 @@ def prepare_data(
     tokenizer: one to use as it is (fine-tuning keeps the pretrained model's; --tokenizer gpt2 is GPT-2's),
         or None to learn one of `kind` ("char" or "bpe", `vocab_size` tokens) from this text.
     cache_dir: where the token ids are cached (and the default corpus converted).
+    verbose: print which text it is, and how many characters and tokens.
     """
+    if tokenizer is None and kind not in SEPARATORS:
+        raise UserError(f"no tokenizer of kind {kind!r} can be learned here (choose char or bpe)")
     path, source = resolve_data(data, cache_dir=cache_dir)
+    if verbose:
+        print(f"training text: {source}")
     documents = read_documents(path)
     separator = tokenizer.document_separator if tokenizer is not None else SEPARATORS[kind]
     text = separator.join(documents)
@@ -111,10 +114,10 @@ def prepare_data(
     check_length(train, block_size, "train")
     check_length(val, block_size, "validation")
     tokens_per_byte = len(val) / len(val_text.encode("utf-8"))
-    summary = (f"training text: {source}\n{len(text):,} characters, {tokenizer.kind} tokenizer with "
-               f"{tokenizer.vocab_size} tokens, {len(train):,} train / {len(val):,} val tokens "
-               f"({1 / tokens_per_byte:.2f} bytes per token)")
-    return Data(tokenizer, train, val, len(val) / len(val_text), tokens_per_byte, summary)
+    if verbose:
+        print(f"{len(text):,} characters, {tokenizer.kind} tokenizer with {tokenizer.vocab_size} tokens, "
+              f"{len(train):,} train / {len(val):,} val tokens ({1 / tokens_per_byte:.2f} bytes per token)")
+    return Data(tokenizer, train, val, len(val) / len(val_text), tokens_per_byte)
 
 
 def check_length(tokens: np.ndarray, block_size: int, split: str) -> None:
@@ -186,6 +189,14 @@ class BatchLoader:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+
+
+def evaluation_batches(data: Data, block_size: int, batch_size: int, n: int, device) -> dict[str, list]:
+    """`n` fixed batches of each split, the same at every evaluation: the loss curve then moves only because
+    the model changed, not because other windows were drawn."""
+    splits = {"train": data.train, "validation": data.val}
+    return {split: BatchLoader(tokens, block_size, batch_size, device, split=split).fixed_batches(n)
+            for split, tokens in splits.items()}
 
 
 # --- token files: tokenize a corpus once, memory-map it afterwards ------------------------------------------

@@ -122,9 +122,9 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
 def generate_text(model, tokenizer: Tokenizer, prompt: str, max_new_tokens: int, **options) -> str:
     """Text in, text out: the continuation of `prompt` (without the prompt), `max_new_tokens` tokens long.
 
-    A prompt longer than the model's context is cropped to its last `block_size` tokens. Options as for
+    The model sees at most the last `block_size` tokens of the prompt (see `generate_tokens`). Options as for
     `generate`.
     """
-    ids = encode_prompt(tokenizer, prompt)[-model.block_size :]
+    ids = encode_prompt(tokenizer, prompt)
     out = generate(model, ids, max_new_tokens, **options)
     return tokenizer.decode(out[len(ids) :])

@@ -18,7 +18,8 @@ logits as Hugging Face `transformers` (a test proves it):
 Parameter names are GPT-2's (`transformer.wte`, `transformer.h.0.attn.c_attn`, ...), so loading weights is
 a key-for-key copy, apart from one detail of how Hugging Face stores them (see "GPT-2's weights" below).
 
-After `GPT` comes what makes generation fast, the KV cache (`KVCache`, see also generate.py).
+After `GPT` come GPT-2's config.json (Hugging Face's names for the sizes) and what makes generation fast,
+the KV cache (`KVCache`, see also generate.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -34,6 +34,8 @@ from torch.nn import functional as F
 
 from src.engine.errors import UserError
 from src.engine.files import load_tensors, read_json
+from src.engine.gpt2_files import CONFIG, LEGACY_WEIGHTS, WEIGHTS
+from src.engine.hub import resolve_pretrained
 from src.generate import generate as _generate
 
 
@@ -60,7 +62,7 @@ class GPTConfig:
     dropout: float = 0.0  # dropout probability during training (0 for GPT-2 fine-tuning and small data)
 
     def __post_init__(self):
-        if self.n_head is None and isinstance(self.d_model, int) and self.d_model >= 1:
+        if self.n_head is None and self.d_model >= 1:
             self.n_head = default_n_head(self.d_model)
         for name in ("vocab_size", "block_size", "n_layer", "d_model", "n_head"):
             if getattr(self, name) < 1:
@@ -72,46 +74,6 @@ class GPTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    # GPT-2's config.json, as Hugging Face writes it: other names for the same sizes ("n_embd" for d_model).
-
-    def to_hf(self, eos_token_id: int | None = None) -> dict:
-        """This config as a Hugging Face GPT2Config dictionary (config.json of a GPT-2 folder)."""
-        return {
-            "architectures": ["GPT2LMHeadModel"],
-            "model_type": "gpt2",
-            "vocab_size": self.vocab_size,
-            "n_positions": self.block_size,
-            "n_ctx": self.block_size,
-            "n_embd": self.d_model,
-            "n_layer": self.n_layer,
-            "n_head": self.n_head,
-            "n_inner": None,  # None = 4 * n_embd
-            "activation_function": "gelu_new",  # the tanh approximation of GELU
-            "resid_pdrop": self.dropout,
-            "embd_pdrop": self.dropout,
-            "attn_pdrop": self.dropout,
-            "layer_norm_epsilon": 1e-5,
-            "initializer_range": 0.02,
-            "scale_attn_weights": True,
-            "tie_word_embeddings": True,
-            "bos_token_id": eos_token_id,
-            "eos_token_id": eos_token_id,
-            "torch_dtype": "float32",
-        }
-
-    @classmethod
-    def from_hf(cls, hf: dict) -> GPTConfig:
-        """A Hugging Face GPT-2 config dictionary -> GPTConfig, refusing what GPT-2 code cannot run."""
-        if hf.get("activation_function", "gelu_new") != "gelu_new":
-            raise UserError(f"unsupported activation_function {hf['activation_function']!r} (GPT-2 uses gelu_new)")
-        try:
-            if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
-                raise UserError(f"unsupported n_inner {hf['n_inner']} (GPT-2 uses 4 * n_embd)")
-            return cls(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
-                       n_head=hf["n_head"], d_model=hf["n_embd"], dropout=hf.get("resid_pdrop", 0.0))
-        except (KeyError, TypeError, ValueError) as err:
-            raise UserError(f"invalid GPT-2 config.json ({err!r})") from None
 
 
 def dropout_layer(p: float) -> nn.Module:
@@ -330,7 +292,7 @@ class GPT(nn.Module):
         positions 0..block_size-1, so nothing else changes.
         """
         if block_size > self.config.block_size:
-            raise UserError(f"--block-size {block_size} is longer than this model's context ({self.config.block_size})")
+            raise UserError(f"block_size {block_size} is longer than this model's context ({self.config.block_size})")
         self.config = replace(self.config, block_size=block_size)
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
         self.transformer.wpe.num_embeddings = block_size
@@ -353,7 +315,7 @@ class GPT(nn.Module):
             if name.endswith(self.CONV1D_WEIGHTS):
                 tensor = tensor.t()
             tensors[name] = tensor.detach().to("cpu", torch.float32).contiguous()
-        return self.config.to_hf(eos_token_id), tensors
+        return hf_config(self.config, eos_token_id), tensors
 
     def load_hf_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         """Load Hugging Face GPT-2 tensors into this model, checking every name and shape."""
@@ -381,27 +343,76 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | os.PathLike, block_size: int | None = None, dropout: float | None = None
+        cls, name_or_folder: str | os.PathLike, block_size: int | None = None, dropout: float | None = None
     ) -> GPT:
-        """A GPT-2 from a Hugging Face GPT-2 folder: `config.json` + `model.safetensors` (or an older folder's
-        `pytorch_model.bin`), such as `train.py` saves. `block_size` shortens the context (`crop_block_size`),
-        `dropout` replaces the saved rate. For the tokenizer too, or a released GPT-2 by name ("gpt2"), use
-        `load_pretrained` in engine/checkpoint.py.
+        """A GPT-2 from a Hugging Face GPT-2 folder (`config.json` + `model.safetensors`), such as `train.py`
+        saves, or OpenAI's released weights by name: "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"
+        (downloaded from the Hugging Face Hub once). `block_size` shortens the context (`crop_block_size`),
+        `dropout` replaces the saved rate.
+
+        Decode what it generates with the tokenizer it was trained with: `load_pretrained` in
+        engine/checkpoint.py returns the model and that tokenizer together.
         """
-        folder = Path(folder)
-        config = GPTConfig.from_hf(read_json(folder / "config.json", "model config"))
+        folder = resolve_pretrained(name_or_folder)
+        hf = read_json(folder / CONFIG, "model config")
+        if hf.get("model_type", "gpt2") != "gpt2":
+            raise UserError(f"{folder / CONFIG}: model_type {hf.get('model_type')!r} is not gpt2 "
+                            "(load_pretrained in engine/checkpoint.py loads any folder train.py writes)")
+        config = config_from_hf(hf)
         if dropout is not None:
             config = replace(config, dropout=dropout)
-        weights = folder / "model.safetensors"
-        if not weights.exists() and (folder / "pytorch_model.bin").exists():
-            weights = folder / "pytorch_model.bin"  # a pickle: read with weights_only=True (engine/files.py)
+        weights = folder / WEIGHTS
+        if not weights.exists() and (folder / LEGACY_WEIGHTS).exists():
+            weights = folder / LEGACY_WEIGHTS  # a pickle: read with weights_only=True (engine/files.py)
         if not weights.exists():
-            raise UserError(f"no weights in {folder}: expected model.safetensors beside config.json")
+            raise UserError(f"no weights in {folder}: expected {WEIGHTS} beside {CONFIG}")
         model = cls(config)
         model.load_hf_state_dict(load_tensors(weights))
         if block_size is not None:
             model.crop_block_size(block_size)
         return model
+
+
+# --- GPT-2's config.json, as Hugging Face writes it: other names for the same sizes ("n_embd" for d_model) ---
+
+
+def hf_config(config: GPTConfig, eos_token_id: int | None = None) -> dict:
+    """Our config as a Hugging Face GPT2Config dictionary (the config.json of a GPT-2 folder)."""
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,
+        "n_embd": config.d_model,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,  # None = 4 * n_embd
+        "activation_function": "gelu_new",  # the tanh approximation of GELU
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "tie_word_embeddings": True,
+        "bos_token_id": eos_token_id,
+        "eos_token_id": eos_token_id,
+        "torch_dtype": "float32",
+    }
+
+
+def config_from_hf(hf: dict) -> GPTConfig:
+    """A Hugging Face GPT-2 config dictionary -> GPTConfig, refusing what GPT-2 code cannot run."""
+    if hf.get("activation_function", "gelu_new") != "gelu_new":
+        raise UserError(f"unsupported activation_function {hf['activation_function']!r} (GPT-2 uses gelu_new)")
+    try:
+        if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
+            raise UserError(f"unsupported n_inner {hf['n_inner']} (GPT-2 uses 4 * n_embd)")
+        return GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
+                         n_head=hf["n_head"], d_model=hf["n_embd"], dropout=hf.get("resid_pdrop", 0.0))
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"invalid GPT-2 config.json ({err!r})") from None
 
 
 class KVCache:

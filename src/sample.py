@@ -48,14 +48,16 @@ if __package__ in (None, ""):  # run as `python src/sample.py`: make the `src` p
 
 import torch
 
-from src.engine.checkpoint import CONFIG, load_pretrained, resolve_pretrained
+from src.engine.checkpoint import load_pretrained
 from src.engine.errors import ArgumentParser, UserError, run_cli
+from src.engine.gpt2_files import CONFIG
+from src.engine.hub import resolve_pretrained
 from src.engine.perf import describe, param_count
 from src.engine.precision import resolve_device
 from src.engine.quantize import quantize_int8
 from src.engine.textstream import Continuation
 from src.generate import encode_prompt, generate_tokens
-from src.model import GPTConfig
+from src.model import config_from_hf
 from src.sampling import check_sampling_args
 
 LARGE_MODEL = 100_000_000  # parameters; above this, say how much memory the model needs before loading it
@@ -130,7 +132,7 @@ def size_line(path: Path) -> str | None:
     """'124,439,808 parameters: weights 0.50 GB' for a large GPT-2 folder, read from config.json alone."""
     try:
         hf = json.loads((path / CONFIG).read_text(encoding="utf-8"))
-        config = GPTConfig.from_hf(hf) if hf.get("model_type") == "gpt2" else None
+        config = config_from_hf(hf) if hf.get("model_type") == "gpt2" else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError, UserError):
         return None  # load_pretrained reports a broken folder properly
     if config is None:

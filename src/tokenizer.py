@@ -87,6 +87,7 @@ class Tokenizer(ABC):
     @abstractmethod
     def from_dict(cls, data: dict) -> Tokenizer:
         """Inverse of `to_dict`; a UserError for a file that is not a valid tokenizer of this kind."""
+        raise NotImplementedError("a tokenizer file of either kind: load_tokenizer in engine/checkpoint.py")
 
     def to_json(self) -> str:
         """`to_dict` as human-readable JSON."""
@@ -122,7 +123,7 @@ class CharTokenizer(Tokenizer):
     def vocab_size(self) -> int:
         return len(self.chars)
 
-    def encode(self, text: str, allowed_special=None, unknown: str = "error") -> list[int]:
+    def encode(self, text: str, allowed_special="none_raise", unknown: str = "error") -> list[int]:
         """Text -> list of ids. `unknown`: "error" (default) or "replace" for unseen characters.
 
         (`allowed_special` is accepted so that both tokenizers can be called alike; a char vocabulary
@@ -151,10 +152,6 @@ class CharTokenizer(Tokenizer):
 
     def decode_bytes(self, ids) -> bytes:
         return self.decode(ids).encode("utf-8")
-
-    def encode_ordinary(self, text: str) -> list[int]:
-        """Same as `encode`: a char vocabulary has no special tokens (the BPE tokenizer's API has both)."""
-        return self.encode(text)
 
     def to_dict(self) -> dict:
         return {"type": self.kind, "version": FORMAT_VERSION, "chars": self.chars}

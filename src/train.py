@@ -13,7 +13,8 @@ The steps, in order (each is a few lines of `train` at the bottom of this file):
 
 Everything lands in `--out-dir`: the latest checkpoint (a Hugging Face GPT-2 folder), the best one by
 validation loss in `best/`, the exact training state in `resume.safetensors` (for `--resume`),
-`metrics.jsonl` and `loss.png`. Ctrl-C (or SIGTERM) saves and exits cleanly.
+`metrics.jsonl` and `loss.png`; `.lock` marks the folder as in use while the run lasts. Ctrl-C (or SIGTERM)
+saves and exits cleanly.
 
 What does not teach language modelling (several processes, number formats, resuming, logging, saving)
 is one call each into `src/engine/`: skip those on a first read. Several processes:
@@ -34,14 +35,14 @@ import numpy as np
 import torch
 
 from src.bigram import BigramLanguageModel
-from src.dataloader import BatchLoader, prepare_data
-from src.engine.checkpoint import RunLock, folder_tokenizer, gpt2_tokenizer, load_model, save_checkpoint
+from src.dataloader import BatchLoader, evaluation_batches, prepare_data
+from src.engine.checkpoint import RunLock, folder_tokenizer, gpt2_tokenizer, load_model
 from src.engine.config import TrainConfig, parse_args
 from src.engine.distributed import Distributed
 from src.engine.errors import UserError, run_cli
 from src.engine.metrics import TrainingLog
 from src.engine.precision import Precision
-from src.engine.resume import STATE_FILE, LoopState, StopRequest, TimeBudget, load_state, save_state
+from src.engine.resume import STATE_FILE, LoopState, StopRequest, TimeBudget, load_state, save_run
 from src.generate import generate_text
 from src.model import GPT, GPTConfig
 from src.tokenizer import Tokenizer
@@ -131,7 +132,9 @@ def train_step(model, optimizer, loader, accum: int, precision: Precision, ddp: 
 
 def evaluate(model, eval_batches: dict, autocast_ctx, ddp: Distributed) -> tuple[float, float]:
     """(train loss, val loss), each the mean over the same fixed batches at every evaluation."""
-    return tuple(estimate_loss(model, eval_batches[split], autocast_ctx, ddp) for split in ("train", "validation"))
+    train_loss = estimate_loss(model, eval_batches["train"], autocast_ctx, ddp)
+    val_loss = estimate_loss(model, eval_batches["validation"], autocast_ctx, ddp)
+    return train_loss, val_loss
 
 
 @torch.no_grad()
@@ -170,75 +173,72 @@ FINETUNE_PROMPTS = ("\n", "The")  # before and after fine-tuning, so the change 
 def train(cfg: TrainConfig) -> LoopState:
     """Run a whole training job described by `cfg`; returns where the loop ended (step, last losses)."""
     out_dir = Path(cfg.out_dir)
-    with Distributed.start(cfg.device) as ddp, RunLock(out_dir, hold=ddp.is_main):
+    with Distributed.start(cfg.device) as ddp, RunLock(out_dir, hold=ddp.is_main):  # one process or several
         precision = Precision.choose(cfg.device, cfg.dtype, ddp.local_rank)  # device, dtype, autocast, scaler
+        device = precision.device
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
 
         # 1. Data: text -> tokenizer -> train/val token ids -> batches.
-        data = prepare_data(cfg.data, cfg.block_size, cfg.cache_dir, ready_made_tokenizer(cfg), cfg.tokenizer,
-                            cfg.vocab_size)
-        ddp.print(data.summary)
+        data = prepare_data(cfg.data, cfg.block_size, cfg.cache_dir, tokenizer=ready_made_tokenizer(cfg),
+                            kind=cfg.tokenizer, vocab_size=cfg.vocab_size, verbose=ddp.is_main)
         accum = cfg.micro_batches_per_step(ddp.world_size)  # gradient accumulation, from --tokens-per-step
-        train_loader = BatchLoader(data.train, cfg.block_size, cfg.batch_size, precision.device,
-                                   seed=cfg.seed + ddp.rank, rank=ddp.rank, world_size=ddp.world_size)
-        eval_batches = {  # fixed batches: every evaluation measures the same windows
-            split: BatchLoader(tokens, cfg.block_size, cfg.batch_size, precision.device, split=split)
-            .fixed_batches(cfg.eval_iters) for split, tokens in (("train", data.train), ("validation", data.val))
-        }
+        train_loader = BatchLoader(data.train, cfg.block_size, cfg.batch_size, device, seed=cfg.seed + ddp.rank,
+                                   rank=ddp.rank, world_size=ddp.world_size)  # each process its own slice
+        eval_batches = evaluation_batches(data, cfg.block_size, cfg.batch_size, cfg.eval_iters, device)
 
-        # 2. Model and optimizer.
-        model = build_model(cfg, data.tokenizer.vocab_size).to(precision.device)  # eval, sampling, saving
-        optimizer = configure_optimizer(model, cfg.lr, cfg.weight_decay, precision.device, cfg.beta2)
-        compiled = cfg.compile == "on" or (cfg.compile == "auto" and precision.device.type == "cuda")
-        step_model = ddp.wrap(torch.compile(model) if compiled else model, precision.device)  # the training step's
+        # 2. Model and optimizer. `model` is the model itself: evaluated, sampled and saved. `step_model` is
+        # what a training step calls: the same model, compiled (--compile) and wrapped for DDP when asked.
+        model = build_model(cfg, data.tokenizer.vocab_size).to(device)
+        optimizer = configure_optimizer(model, cfg.lr, cfg.weight_decay, device, cfg.beta2)
+        compiled = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
+        step_model = ddp.wrap(torch.compile(model) if compiled else model, device)
 
-        state = LoopState()
+        state = LoopState()  # step 0, or where a saved run stopped
         if cfg.resume:
-            state = load_state(out_dir / STATE_FILE, model, optimizer, precision.scaler, train_loader, ddp.rank,
-                               ddp.world_size, cfg.to_dict())
+            state = load_state(out_dir / STATE_FILE, model, optimizer, precision.scaler, train_loader,
+                               rank=ddp.rank, world_size=ddp.world_size, config=cfg.to_dict())
             ddp.print(f"resumed from {out_dir / STATE_FILE} at step {state.step}")
         if state.step >= cfg.max_iters:
             raise UserError(f"the run in {out_dir} already reached step {state.step}; raise --max-iters to go on")
         log = TrainingLog(cfg, ddp, precision, model, accum, compiled, start_step=state.step)
         if state.step == 0:
-            losses = evaluate(model, eval_batches, precision.autocast_ctx, ddp)
-            state.record_eval(*losses, data.tokens_per_byte, data.tokens_per_char)
+            train_loss, val_loss = evaluate(model, eval_batches, precision.autocast_ctx, ddp)
+            state.record_eval(train_loss, val_loss, data.tokens_per_byte, data.tokens_per_char)
             log.eval(state)
-            V = data.tokenizer.vocab_size
-            log.say(f"initial loss {state.val_loss:.4f}; a uniform guess over {V} tokens would give "
-                    f"ln({V}) = {math.log(V):.4f}")
+            vocab = data.tokenizer.vocab_size
+            log.say(f"initial loss {val_loss:.4f}; a uniform guess over {vocab} tokens would give "
+                    f"ln({vocab}) = {math.log(vocab):.4f}")
         if cfg.init_from and cfg.sample_tokens and ddp.is_main:
             print_samples(model, data.tokenizer, FINETUNE_PROMPTS, cfg, "samples before fine-tuning")
 
-        # 3. The loop.
+        # 3. The loop: one optimizer step per iteration; now and then an evaluation and a checkpoint.
         budget = TimeBudget(cfg.max_seconds, state.step, cfg.max_iters)  # no budget: decay_iters = max_iters
-        with StopRequest() as stop:
+        with StopRequest() as stop:  # Ctrl-C / SIGTERM: finish the step, save, exit 0
             for step in range(state.step + 1, cfg.max_iters + 1):
-                lr = lr_at(step - 1, cfg.lr, cfg.final_min_lr, cfg.warmup_iters, budget.decay_iters)
+                lr = lr_at(step - 1, cfg.lr, cfg.final_min_lr, cfg.warmup_iters, budget.decay_iters)  # 0-based
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 loss_mean, grad_norm, healthy = train_step(step_model, optimizer, train_loader, accum, precision,
                                                            ddp, cfg.grad_clip)
                 state.record_step(step, healthy)
-                if state.bad_steps >= cfg.max_bad_steps:
-                    raise UserError(f"{state.bad_steps} steps in a row (up to step {step}) had a non-finite loss or "
-                                    f"gradient (loss {loss_mean.item()}, lr {lr:.2e}): lower --lr, use --dtype "
-                                    f"float32, or check the data; the last good checkpoint is in {out_dir}")
+                state.stop_if_stuck(cfg.max_bad_steps, loss_mean, lr, out_dir)  # NaN/inf step after step
                 if step % cfg.log_interval == 0 or step == cfg.max_iters:
                     log.train(step, ddp.mean(loss_mean).item(), lr, grad_norm.item())
-                out_of_time = ddp.any(budget.used_up(step))
+                out_of_time = budget.check(step, ddp)  # also fits the cosine's end (decay_iters) to the budget
                 if step % cfg.eval_interval == 0 or step == cfg.max_iters or out_of_time:
-                    losses = evaluate(model, eval_batches, precision.autocast_ctx, ddp)
-                    best = state.record_eval(*losses, data.tokens_per_byte, data.tokens_per_char)
-                    save(out_dir, model, data.tokenizer, optimizer, precision, train_loader, state, cfg, ddp, best)
+                    train_loss, val_loss = evaluate(model, eval_batches, precision.autocast_ctx, ddp)
+                    best = state.record_eval(train_loss, val_loss, data.tokens_per_byte, data.tokens_per_char)
+                    save_run(out_dir, model, data.tokenizer, optimizer, precision.scaler, train_loader, state,
+                             cfg.to_dict(), ddp, best=best)
                     log.eval(state)
                 if out_of_time:
                     log.say(f"\ntime budget of {cfg.max_seconds:.0f} s used up at step {step}")
                     break
                 if ddp.any(stop.requested):
                     log.say(f"\nstopped at step {step}: saving to {out_dir} ...")
-                    save(out_dir, model, data.tokenizer, optimizer, precision, train_loader, state, cfg, ddp)
+                    save_run(out_dir, model, data.tokenizer, optimizer, precision.scaler, train_loader, state,
+                             cfg.to_dict(), ddp)
                     log.stopped(step)
                     return state
 
@@ -248,19 +248,6 @@ def train(cfg: TrainConfig) -> LoopState:
             prompts, title = (FINETUNE_PROMPTS, "samples after fine-tuning") if cfg.init_from else (("",), "sample")
             print_samples(model, data.tokenizer, prompts, cfg, title)
         return state
-
-
-def save(out_dir, model, tokenizer, optimizer, precision, loader, state, cfg, ddp, best: bool = False) -> None:
-    """The latest checkpoint (an HF folder) and the exact training state (and, if `best`, the best/ folder),
-    written by the main process; every process contributes its data-loader position."""
-    loader_states = ddp.gather(loader.state_dict()["generator"])
-    if not ddp.is_main:
-        return
-    training = {**state.to_dict(), "config": cfg.to_dict()}
-    if best and state.step > 0:
-        save_checkpoint(out_dir / "best", model, tokenizer, training)
-    save_checkpoint(out_dir, model, tokenizer, training)
-    save_state(out_dir / STATE_FILE, model, optimizer, precision.scaler, loader_states, state, cfg.to_dict())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -460,8 +460,9 @@ def test_gpt2_124m_preset():
 
 
 def test_defaults_are_the_cpu_preset_and_every_preset_parses():
-    assert TrainConfig().n_head is None  # derived from d_model by the parser: 256 -> 4 heads of 64
-    assert parse_args([]) == TrainConfig(n_head=4)
+    assert TrainConfig().n_head == 4  # derived from d_model: 256 -> 4 heads of 64
+    assert TrainConfig(d_model=384).n_head == 6 and parse_args(["--d-model", "384"]).n_head == 6
+    assert parse_args([]) == TrainConfig()
     for name, values in PRESETS.items():
         cfg = parse_args(["--preset", name])
         for key, value in values.items():

@@ -19,8 +19,9 @@ SRC = REPO_ROOT / "src"
 # The reading path, in reading order (the README's "What each file teaches" table is exactly this list).
 READING_PATH = ["tokenizer", "bpe", "dataloader", "bigram", "model", "sampling", "generate", "train", "sample"]
 COMMANDS = {"train", "sample"}  # the two programs: they wire the machinery in
-# The engine helpers the reading path's library files may use: none of them imports anything else.
-LEAF_HELPERS = {"engine.files", "engine.errors", "engine.corpus", "engine.gpt2_files"}
+# The engine helpers the reading path's library files may use: small I/O modules that import nothing from src
+# but one another (the issue asked for files and errors only; the note of this change says why these three more).
+LEAF_HELPERS = {"engine.files", "engine.errors", "engine.corpus", "engine.gpt2_files", "engine.hub"}
 
 
 def module_name(path: Path) -> str:
@@ -149,6 +150,37 @@ def test_both_tokenizers_implement_the_tokenizer_interface():
         assert again.to_json() == tok.to_json() and again.encode("world") == tok.encode("world")
     plain = BPETokenizer.train("hello world " * 20, vocab_size=264)  # no end-of-text token: a blank line
     assert plain.eot_token_id is None and plain.document_separator == "\n\n"
+
+
+def test_the_interface_itself_loads_nothing_and_prepare_data_names_what_it_cannot_learn(tmp_path):
+    from src.dataloader import prepare_data
+    from src.engine.errors import UserError
+    from src.tokenizer import CharTokenizer, Tokenizer
+
+    CharTokenizer.from_text("ab").save(tmp_path / "t.json")
+    assert CharTokenizer.load(tmp_path / "t.json").chars == ["a", "b"]
+    with pytest.raises(NotImplementedError, match="load_tokenizer"):  # not a silent None
+        Tokenizer.load(tmp_path / "t.json")
+    (tmp_path / "text.txt").write_text("hello world " * 50)
+    with pytest.raises(UserError, match="no tokenizer of kind 'gpt2' can be learned here"):
+        prepare_data(tmp_path / "text.txt", 8, tmp_path / "cache", kind="gpt2", verbose=False)
+
+
+def test_gpt_from_pretrained_reads_gpt2_folders_only_and_says_what_loads_the_rest(tmp_path):
+    from src.bigram import BigramLanguageModel
+    from src.engine.checkpoint import load_pretrained, save_checkpoint
+    from src.engine.errors import UserError
+    from src.model import GPT
+    from src.tokenizer import CharTokenizer
+
+    tokenizer = CharTokenizer.from_text("abcdefghij")
+    save_checkpoint(tmp_path / "gpt", GPT(vocab_size=10, block_size=8, n_layer=1, d_model=32), tokenizer)
+    save_checkpoint(tmp_path / "bigram", BigramLanguageModel(vocab_size=10), tokenizer)
+    assert GPT.from_pretrained(tmp_path / "gpt").config.d_model == 32
+    with pytest.raises(UserError, match="model_type 'bigram' is not gpt2.*load_pretrained"):
+        GPT.from_pretrained(tmp_path / "bigram")
+    model, loaded = load_pretrained(tmp_path / "bigram")  # the one call that loads any folder train.py writes
+    assert isinstance(model, BigramLanguageModel) and loaded.chars == tokenizer.chars
 
 
 def test_both_models_implement_the_model_interface():

@@ -29,6 +29,7 @@ from src.engine.checkpoint import RunLock, load_model, load_pretrained, read_tra
 from src.engine.config import parse_args
 from src.engine.errors import UserError
 from src.engine.precision import Precision
+from src.model import GPT
 from src.train import train
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--d-model", "32", "--block-size", "16", "--batch-size", "4",
@@ -243,11 +244,12 @@ def test_offline_a_released_model_fails_at_once_without_retrying(tmp_path, monke
         raise OSError("Name or service not known")
 
     monkeypatch.setattr(hub.socket, "create_connection", no_network)
-    with pytest.raises(UserError) as err:
-        load_model("gpt2-medium")
-    assert calls == []  # not one download attempt, so no retries
-    message = str(err.value)
-    assert "openai-community/gpt2-medium" in message and "cannot be reached" in message and "\n" not in message
+    for load in (load_model, GPT.from_pretrained):  # the folder loader, and the model's own classmethod
+        with pytest.raises(UserError) as err:
+            load("gpt2-medium")
+        assert calls == []  # not one download attempt, so no retries
+        message = str(err.value)
+        assert "openai-community/gpt2-medium" in message and "cannot be reached" in message and "\n" not in message
 
     # online (the probe connects), the download is really attempted
     monkeypatch.setattr(hub.socket, "create_connection", lambda *a, **k: types.SimpleNamespace(close=lambda: None))

@@ -19,7 +19,9 @@ called from the reading path in one named call:
     files.py        atomic writes, JSON, tensor files
     errors.py       one-line errors for mistakes a user can fix
 
-The reading path's library files import from here only `files`, `errors`, `corpus` (the default text)
-and `gpt2_files` (how a BPE file spells bytes); the two command-line programs, `train.py` and
-`sample.py`, are where the machinery is wired in. A test holds the imports to that.
+The reading path's library files import from here only its small I/O helpers, which import nothing from
+`src/` but one another: `files`, `errors`, `corpus` (the default text, for the module-level `encode`),
+`gpt2_files` (how a BPE file spells bytes; GPT-2's file names) and `hub` (so that `GPT.from_pretrained("gpt2")`
+can download OpenAI's weights). The two command-line programs, `train.py` and `sample.py`, are where the
+machinery is wired in. A test holds the imports to that, and finds no cycles.
 """

@@ -26,6 +26,7 @@ Who uses it: `train.py` (saving, `--init-from`, the lock), `sample.py` (`load_pr
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -40,15 +41,17 @@ from src.bpe import GPT2_PATTERN, BPETokenizer
 from src.engine.corpus import CACHE_DIR
 from src.engine.errors import UserError
 from src.engine.files import load_tensors, read_json, save_tensors, write_json
-from src.engine.gpt2_files import read_tokenizer_files
-from src.engine.hub import download, gpt2_tokenizer_folder, hub_repo
+from src.engine.gpt2_files import CONFIG, LEGACY_WEIGHTS, WEIGHTS, read_tokenizer_files
+from src.engine.hub import gpt2_tokenizer_folder, resolve_pretrained
 from src.engine.quantize import is_quantized
 from src.model import GPT
 from src.tokenizer import CharTokenizer, Tokenizer
 
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
-LEGACY_WEIGHTS = "pytorch_model.bin"  # older Hugging Face folders; read with weights_only=True
+try:
+    import fcntl  # POSIX file locks
+except ImportError:  # Windows
+    fcntl = None
+
 TOKENIZER = "scratch_tokenizer.json"
 TRAINING = "training.json"
 
@@ -78,16 +81,6 @@ def save_checkpoint(out_dir: str | os.PathLike, model, tokenizer: Tokenizer, tra
 
 
 # --- loading -----------------------------------------------------------------------------------------------
-
-
-def resolve_pretrained(name: str | os.PathLike) -> Path:
-    """The folder to load: `name` itself, or for a released GPT-2 name ("gpt2", "gpt2-medium", ...) its
-    download from the Hugging Face Hub (a local folder of that name wins)."""
-    path = Path(name)
-    repo = hub_repo(str(name))
-    if repo is not None and not path.exists():
-        path = download(repo, [CONFIG, WEIGHTS])
-    return path
 
 
 def load_model(path: str | os.PathLike, block_size: int | None = None, dropout: float | None = None):
@@ -188,7 +181,8 @@ class RunLock:
     The lock is an operating-system file lock (`flock`), so it dies with its process: a lock left behind by a
     killed run (kill -9, a crash, a power cut) is stale, and the next run simply takes it over. The file also
     says who holds it (process id, machine, start time, command), for the message a refused run prints.
-    Where `flock` does not exist (Windows), the process id decides: a lock whose process is gone is stale.
+    Where `flock` does not exist (Windows, some network file systems), the process id decides: a lock whose
+    process is gone is stale.
     """
 
     NAME = ".lock"
@@ -203,9 +197,12 @@ class RunLock:
         if not self.hold:
             return self
         folder = self.path.parent
-        if folder.exists() and not folder.is_dir():
-            raise UserError(f"--out-dir {folder} is a file, not a folder: choose another --out-dir")
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):  # the folder, or a folder above it, is a file
+            raise UserError(f"--out-dir {folder} is a file, or inside one: choose another --out-dir") from None
+        except OSError as err:
+            raise UserError(f"cannot create --out-dir {folder}: {err.strerror}") from None
         self.file = open(self.path, "a+", encoding="utf-8")  # held open until __exit__
         if not self._acquire():
             holder = self._holder()
@@ -222,16 +219,16 @@ class RunLock:
         return self
 
     def _acquire(self) -> bool:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no flock; a lock whose process still runs is held
-            holder = self._read()
-            return not holder or holder.get("pid") == os.getpid() or not _process_alive(holder.get("pid"))
-        try:
-            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except OSError:
-            return False
+        if fcntl is not None:
+            try:
+                fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except OSError as err:
+                if err.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                    return False  # another process holds it
+                # a file system without flock (some network mounts): fall back to the process id
+        holder = self._read()
+        return not holder or holder.get("pid") == os.getpid() or not _process_alive(holder.get("pid"))
 
     def _read(self) -> dict:
         try:

@@ -7,7 +7,8 @@ d_model not divisible by n_head) before any work starts, in one line that names 
 settings are saved with every checkpoint (`training.json`) and in the resume state, where `--resume`
 compares them with the flags it is given (`SHAPE_SETTINGS`).
 
-Who uses it: `train.py` (`parse_args`, `TrainConfig`); the benchmarks build configs through `parse_args`.
+Who uses it: `train.py` (`parse_args`, `TrainConfig`), `engine/resume.py` (`SHAPE_SETTINGS`); the benchmarks
+build configs through `parse_args`.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ class TrainConfig:
     peak_flops: float | None = None  # for the utilisation figure; None = measured (CPU) or looked up (GPU)
     seed: int = 1337
     cache_dir: str = str(CACHE_DIR)  # converted corpus, token files, GPT-2's tokenizer files, the CPU's peak
+
+    def __post_init__(self):
+        if self.n_head is None:  # the same choice as GPTConfig's, made here so that the saved settings show it
+            self.n_head = default_n_head(self.d_model)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -187,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=["gpt", "bigram"], default=d.model, help="GPT-2 or the bigram baseline")
     g.add_argument("--n-layer", type=_positive_int, default=d.n_layer, help="number of transformer blocks")
-    g.add_argument("--n-head", type=_positive_int, default=d.n_head,
+    g.add_argument("--n-head", type=_positive_int, default=None,
                    help="attention heads per block (default: head size 64 where --d-model allows)")
     g.add_argument("--d-model", type=_positive_int, default=d.d_model, help="embedding width (divisible by n_head)")
     g.add_argument("--block-size", type=_positive_int, default=d.block_size, help="context length in tokens")
@@ -239,9 +244,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser = build_parser()
     parser.set_defaults(preset=preset, **PRESETS[preset])
     args = parser.parse_args(argv)
-    if args.n_head is None:
-        args.n_head = default_n_head(args.d_model)  # heads 64 wide where d_model allows, as GPT-2
-    if args.d_model % args.n_head != 0:
+    if args.n_head is not None and args.d_model % args.n_head != 0:
         parser.error(f"--d-model ({args.d_model}) must be divisible by --n-head ({args.n_head})")
     if args.min_lr is not None and args.min_lr > args.lr:
         parser.error(f"--min-lr ({args.min_lr}) must not exceed --lr ({args.lr})")

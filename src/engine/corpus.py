@@ -11,7 +11,8 @@ well-known "tiny Shakespeare"). The converted text is cached under `data/.cache/
 (missing, empty, binary, not UTF-8) into a one-line `UserError` that says how to fix it.
 
 Who calls it: `dataloader.prepare_data` (the text to train on) and `tokenizer.py` (the vocabulary of the
-module-level `encode`/`decode`, which is the default text's).
+module-level `encode`/`decode`, which is the default text's). Its `CACHE_DIR` is the default of `--cache-dir`
+(engine/config.py, engine/checkpoint.py, the benchmarks).
 """
 
 from __future__ import annotations

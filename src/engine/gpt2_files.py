@@ -1,4 +1,7 @@
-"""GPT-2's tokenizer files: its byte alphabet and its two file layouts.
+"""GPT-2's files: the names in a model folder, the tokenizer's byte alphabet and its two file layouts.
+
+A Hugging Face GPT-2 folder holds `config.json` (the sizes, under GPT-2's names) and `model.safetensors` (or,
+in older folders, `pytorch_model.bin`: a pickle, read only with weights_only=True).
 
 OpenAI released GPT-2's tokenizer as two files, and Hugging Face renamed them:
 
@@ -11,8 +14,8 @@ by a space, so a token may not contain one, nor any other invisible byte. GPT-2 
 the 256 byte values as one printable stand-in character (`BYTE_TO_UNICODE`). Our own tokenizer files use
 the same alphabet, so a token reads the same in both.
 
-Who uses it: `bpe.py` (spelling tokens in its JSON file), `engine/checkpoint.py` (`gpt2_tokenizer`).
-Downloading the files is `engine/hub.py`'s job.
+Who uses it: `bpe.py` (spelling tokens in its JSON file), `model.py` (the folder's file names),
+`engine/checkpoint.py` (`gpt2_tokenizer`, folders), `engine/hub.py` (which files to download).
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from pathlib import Path
 from src.engine.errors import UserError
 from src.engine.files import read_json
 
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+LEGACY_WEIGHTS = "pytorch_model.bin"  # older Hugging Face folders
 ENDOFTEXT = "<|endoftext|>"  # GPT-2's only special token
 LAYOUTS = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))  # Hugging Face, OpenAI
 

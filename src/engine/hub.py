@@ -9,7 +9,8 @@ at once (the Hub client on its own would spend half a minute retrying before say
 GPT-2 comes in four sizes; the names map to the official repositories:
     gpt2 (124M), gpt2-medium (355M), gpt2-large (774M), gpt2-xl (1.5B)
 
-Who uses it: `engine/checkpoint.py` (a released model by name, GPT-2's tokenizer files).
+Who uses it: `model.py` (`GPT.from_pretrained("gpt2")`), `engine/checkpoint.py` (a released model by name,
+GPT-2's tokenizer files).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from urllib.parse import urlparse
 
 from src.engine.errors import UserError
 from src.engine.files import atomic_write_bytes
-from src.engine.gpt2_files import LAYOUTS, find_layout
+from src.engine.gpt2_files import CONFIG, LAYOUTS, WEIGHTS, find_layout
 
 GPT2_REPOS = {
     name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -35,14 +36,29 @@ def hub_repo(name: str) -> str | None:
     return GPT2_REPOS.get(short)
 
 
+def resolve_pretrained(name: str | os.PathLike) -> Path:
+    """The folder to load: `name` itself, or for a released GPT-2 name ("gpt2", "gpt2-medium", ...) its
+    download from the Hugging Face Hub (a local folder of that name wins)."""
+    path = Path(name)
+    repo = hub_repo(str(name))
+    if repo is not None and not path.exists():
+        path = download(repo, [CONFIG, WEIGHTS])
+    return path
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Can we open a connection to the Hub at all? (No network, a firewall, HF_HUB_OFFLINE=1: no.)"""
+    """Can we open a connection to the Hub (or to the proxy that reaches it) at all? No network, a firewall,
+    HF_HUB_OFFLINE=1: no."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return False
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    proxy = next((os.environ[v] for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy") if os.environ.get(v)),
+                 None)
+    if proxy and "://" not in proxy:
+        proxy = "http://" + proxy
+    target = urlparse(proxy or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = target.port or (443 if target.scheme == "https" else 80)
     try:
-        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+        socket.create_connection((target.hostname, port), timeout=timeout).close()
         return True
     except OSError:
         return False

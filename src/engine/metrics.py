@@ -87,8 +87,8 @@ class TrainingLog:
             return
         self.peak, peak_source = peak_flops(precision.device, precision.dtype, cfg.cache_dir, cfg.peak_flops)
         self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", resume=cfg.resume, keep_until=start_step)
-        self.bar = tqdm(total=cfg.max_iters, initial=start_step, desc="training", unit="step", dynamic_ncols=True,
-                        disable=None)  # disable=None: a live bar only in a terminal
+        self.max_iters = cfg.max_iters
+        self.bar = None  # made at the first step, so that what is printed before stays clear of it
         self.bar_step = self.window_step = start_step
         self.window_start = time.time()
         self.say(f"python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}")
@@ -107,6 +107,9 @@ class TrainingLog:
             tqdm.write(text)
 
     def _advance(self, step: int) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=self.max_iters, initial=self.bar_step, desc="training", unit="step",
+                            dynamic_ncols=True, disable=None)  # disable=None: a live bar only in a terminal
         self.bar.update(step - self.bar_step)
         self.bar_step = step
 
@@ -133,6 +136,8 @@ class TrainingLog:
         self.metrics.log(event="eval", step=state.step, tokens=state.step * self.tokens_per_step,
                          train_loss=state.train_loss, val_loss=state.val_loss,
                          val_bits_per_char=state.val_bits_per_char, val_bits_per_byte=state.val_bits_per_byte)
+        if state.step > self.bar_step:
+            self._advance(state.step)
         self.say(f"step {state.step:>6}: train loss {state.train_loss:.4f}, val loss {state.val_loss:.4f} "
                  f"({state.val_bits_per_byte:.3f} bits/byte, {state.val_bits_per_char:.3f} bits/char)")
         self.window_step, self.window_start = state.step, time.time()
@@ -141,6 +146,7 @@ class TrainingLog:
         """After a Ctrl-C / SIGTERM stop was saved: the plot so far, and how to go on."""
         if not self.enabled:
             return
+        self._advance(step)
         self.bar.close()
         self.metrics.plot(self.out_dir / "loss.png", title=f"stopped at step {step}")
         self.say(f"saved; continue with: python src/train.py --resume --out-dir {self.out_dir} (same flags)")

@@ -15,8 +15,8 @@ Parameters of a GPT-2 (C = d_model, L = n_layer, V = vocab, T = block_size), eac
     attention: c_attn C*3C + 3C, c_proj C*C + C;  MLP: c_fc C*4C + 4C, c_proj 4C*C + C;  2 LayerNorms: 4C
     = 12C^2 + 13C.  Whole model: V*C (wte, shared with lm_head) + T*C (wpe) + L*(12C^2 + 13C) + 2C (ln_f).
 
-Who uses it: `train.py` (run header, MFU, bits per byte), `sample.py` (the size of a large model before
-loading it), the benchmarks.
+Who uses it: `engine/metrics.py` (the run header, MFU), `engine/resume.py` (bits per byte in the loop state),
+`sample.py` (the size of a large model before loading it), the benchmarks.
 """
 
 from __future__ import annotations

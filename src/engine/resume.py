@@ -17,7 +17,7 @@ A run stops early in two ways, both finishing the current step first: Ctrl-C or 
 save and exit 0), and a time budget (`TimeBudget`: evaluate, save and end as if it were the last step,
 with the learning-rate schedule fitted to the steps that fit).
 
-Who uses it: `train.py` (all of it), the tests of exact resume.
+Who uses it: `train.py` (all of it: `save_run` saves the checkpoint folders too, through engine/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from safetensors.torch import safe_open
 
+from src.engine.checkpoint import save_checkpoint
 from src.engine.config import SHAPE_SETTINGS
 from src.engine.errors import UserError
 from src.engine.files import load_tensors, save_tensors
@@ -59,6 +60,15 @@ class LoopState:
         self.step = step
         self.bad_steps = 0 if healthy else self.bad_steps + 1
         self.skipped_steps += not healthy
+
+    def stop_if_stuck(self, max_bad_steps: int, loss: torch.Tensor, lr: float, out_dir: Path) -> None:
+        """After `max_bad_steps` skipped steps in a row the run will not recover by itself: stop, and say why."""
+        if self.bad_steps >= max_bad_steps:
+            raise UserError(
+                f"{self.bad_steps} steps in a row (up to step {self.step}) had a non-finite loss or gradient "
+                f"(loss {loss.item()}, lr {lr:.2e}): lower --lr, use --dtype float32, or check the data; the last "
+                f"good checkpoint is in {out_dir}"
+            )
 
     def record_eval(self, train_loss: float, val_loss: float, tokens_per_byte: float, tokens_per_char: float) -> bool:
         """Keep an evaluation's losses (and validation bits per byte and per character); True if it is the best."""
@@ -118,14 +128,15 @@ class TimeBudget:
         self.decay_iters = max_iters
         self.started = time.time()
 
-    def used_up(self, step: int) -> bool:
-        """Called after `step`: re-fit `decay_iters`; True once the budget is spent."""
+    def check(self, step: int, ddp) -> bool:
+        """Called after `step`: re-fit `decay_iters`; True once the budget is spent (in any process, so that
+        all processes stop at the same step)."""
         if not self.seconds:
             return False
         elapsed = time.time() - self.started
         projected = int((step - self.start_step) * self.seconds / elapsed) + self.start_step
         self.decay_iters = min(self.max_iters, max(step + 1, projected))
-        return elapsed >= self.seconds
+        return ddp.any(elapsed >= self.seconds)
 
 
 STATE_FILE = "resume.safetensors"
@@ -181,6 +192,22 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], values: dict) -> dict
         param_id, key = name.split(".", 1)
         state.setdefault(int(param_id), {})[key] = value
     return {"state": state, "param_groups": values["param_groups"]}
+
+
+def save_run(
+    out_dir: Path, model, tokenizer, optimizer, scaler, loader, state: LoopState, config: dict, ddp,
+    best: bool = False,
+) -> None:
+    """Save a run: the latest checkpoint (a Hugging Face folder), the exact training state for --resume, and
+    with `best` the best/ folder too. The main process writes; every process gives its data-loader position."""
+    loader_states = ddp.gather(loader.state_dict()["generator"])
+    if not ddp.is_main:
+        return
+    training = {**state.to_dict(), "config": config}
+    if best and state.step > 0:
+        save_checkpoint(out_dir / "best", model, tokenizer, training)
+    save_checkpoint(out_dir, model, tokenizer, training)
+    save_state(out_dir / STATE_FILE, model, optimizer, scaler, loader_states, state, config)
 
 
 def save_state(
