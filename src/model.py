@@ -355,7 +355,7 @@ class GPT(nn.Module):
         """
         folder = resolve_pretrained(name_or_folder)
         hf = read_json(folder / CONFIG, "model config")
-        if hf.get("model_type", "gpt2") != "gpt2":
+        if hf.get("model_type") != "gpt2":
             raise UserError(f"{folder / CONFIG}: model_type {hf.get('model_type')!r} is not gpt2 "
                             "(load_pretrained in engine/checkpoint.py loads any folder train.py writes)")
         config = config_from_hf(hf)

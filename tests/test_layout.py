@@ -20,7 +20,8 @@ SRC = REPO_ROOT / "src"
 READING_PATH = ["tokenizer", "bpe", "dataloader", "bigram", "model", "sampling", "generate", "train", "sample"]
 COMMANDS = {"train", "sample"}  # the two programs: they wire the machinery in
 # The engine helpers the reading path's library files may use: small I/O modules that import nothing from src
-# but one another (the issue asked for files and errors only; the note of this change says why these three more).
+# but one another. Beyond files and errors: corpus (the default text of the module-level encode/decode),
+# gpt2_files (how a BPE file spells bytes; GPT-2's file names) and hub (GPT.from_pretrained("gpt2")).
 LEAF_HELPERS = {"engine.files", "engine.errors", "engine.corpus", "engine.gpt2_files", "engine.hub"}
 
 

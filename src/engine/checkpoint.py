@@ -100,8 +100,6 @@ def load_model(path: str | os.PathLike, block_size: int | None = None, dropout: 
     config = read_json(path / CONFIG, "model config")
     if config.get("model_type") == "bigram":
         return _load_bigram(path, config)
-    if config.get("model_type") != "gpt2":
-        raise UserError(f"{path / CONFIG}: model_type {config.get('model_type')!r} is not gpt2")
     return GPT.from_pretrained(path, block_size=block_size, dropout=dropout)
 
 
