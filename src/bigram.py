@@ -58,14 +58,21 @@ class BigramLanguageModel(nn.Module):
         return {"model_type": "bigram", **self.config.to_dict()}, tensors
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx: (B, T) ids -> logits (B, T, V): each position looks up its own row of the table."""
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_attention: bool = False
+    ):
+        """idx: (B, T) ids -> (logits (B, T, V), loss): each position looks up its own row of the table.
+
+        `return_attention` adds GPT's third result, the attention weights, which here are an empty
+        (0, B, 0, T, T) tensor: no layers, no heads, because the model looks at nothing but the current token.
+        """
         logits = self.token_embedding_table(idx)  # (B, T, V)
         loss = None
         if targets is not None:
             B, T, V = logits.shape
             loss = F.cross_entropy(logits.float().view(B * T, V), targets.reshape(B * T))
+        if return_attention:
+            B, T = idx.shape
+            return logits, loss, logits.new_zeros(0, B, 0, T, T)
         return logits, loss
 
     def generate(self, idx, max_new_tokens: int, **sampling):

@@ -46,7 +46,7 @@ def make_generators(seed: int | list[int] | None, batch_size: int, device) -> li
 
 
 @torch.inference_mode()  # no autograd bookkeeping while sampling: faster, and no memory kept
-def generate_tokens(
+def generate_steps(
     model,
     idx: torch.Tensor,
     max_new_tokens: int,
@@ -56,10 +56,13 @@ def generate_tokens(
     seed: int | list[int] | None = None,
     repetition_penalty: float = 1.0,
     use_cache: bool = True,
-) -> Iterator[torch.Tensor]:
-    """Yield the next token of every row, (B, 1), `max_new_tokens` times. idx: (B, T) prompt ids.
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (next token of every row (B, 1), the scores it was drawn from (B, V)), `max_new_tokens` times.
 
-    The sampling settings are checked here, once; the loop below then trusts them.
+    idx: (B, T) prompt ids. The scores are the model's logits at the last position (after the repetition
+    penalty, before temperature and top-k/top-p): their softmax is what the model believes comes next, which
+    is what the playground shows beside each token. The sampling settings are checked here, once; the loop
+    below then trusts them.
     """
     check_sampling_args(temperature, top_k, top_p, repetition_penalty)
     if idx.dim() != 2 or idx.shape[1] == 0:
@@ -84,9 +87,18 @@ def generate_tokens(
                 logits = apply_repetition_penalty(logits, idx, repetition_penalty)
             next_id = sample_next_token(logits, temperature, top_k, top_p, generator=generators)  # (B, 1)
             idx = torch.cat([idx, next_id], dim=1)  # (B, T + 1)
-            yield next_id
+            yield next_id, logits
     finally:
         model.train(was_training)
+
+
+def generate_tokens(model, idx: torch.Tensor, max_new_tokens: int, **options) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row, (B, 1), `max_new_tokens` times. idx: (B, T) prompt ids.
+
+    Options as for `generate`. The same loop as `generate_steps`, without the scores.
+    """
+    for next_id, _ in generate_steps(model, idx, max_new_tokens, **options):
+        yield next_id
 
 
 def generate(model, idx, max_new_tokens: int, **options):

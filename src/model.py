@@ -96,6 +96,22 @@ def causal_mask(T: int, start: int, device: torch.device) -> dict:
     return {"attn_mask": torch.ones(T, start + T, dtype=torch.bool, device=device).tril(diagonal=start)}
 
 
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal attention written out, keeping its weights: what the fused kernel computes, step by step.
+
+    q, k, v: (B, nh, T, hs). Returns (output (B, nh, T, hs), weights (B, nh, T, T)). Row i of the weights is
+    how much query i takes from each position: it sums to 1, and everything right of the diagonal (the
+    future) is exactly 0, because the mask puts -inf there before the softmax. `F.scaled_dot_product_attention`
+    returns no weights, so looking inside a model (`GPT.forward(..., return_attention=True)`) goes this way;
+    training and generation keep the fast kernel.
+    """
+    T = q.size(-2)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, T, T): how well query i matches key j
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(diagonal=1)  # (T, T) True right of diagonal
+    weights = F.softmax(scores.masked_fill(future, float("-inf")), dim=-1)  # (B, nh, T, T) rows sum to 1
+    return weights @ v, weights  # (B, nh, T, hs), (B, nh, T, T)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head attention where each position may only look at itself and earlier positions.
 
@@ -114,7 +130,10 @@ class CausalSelfAttention(nn.Module):
         self.c_proj.residual_projection = True  # marker for the scaled init in GPT._init_weights
         self.resid_dropout = dropout_layer(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, attention: list | None = None
+    ) -> torch.Tensor:
+        """x: (B, T, C) -> (B, T, C). With a list as `attention`, the weights are appended to it (B, nh, T, T)."""
         B, T, C = x.shape
         qkv = self.c_attn(x)  # (B, T, 3C): q, k and v side by side, each C wide
         # Split the channels into q/k/v and heads. view() cuts 3C into (3, nh, hs); permute() moves the
@@ -127,11 +146,15 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:  # generation: keep this step's keys/values, attend over all kept so far
             start = cache.pos
             k, v = cache.append(layer, k, v)  # (B, nh, start + T, hs) each
-        # softmax(q k^T / sqrt(hs) + causal mask) v, in one fused kernel. The causal mask sets the future
-        # to -inf (never a finite -1e4, which a model can learn to defeat).
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, **causal_mask(T, start, x.device)
-        )  # (B, nh, T, hs)
+        if attention is not None:  # looking inside: the same maths written out, and the weights kept
+            y, weights = explicit_attention(q, k, v)  # (B, nh, T, hs), (B, nh, T, T)
+            attention.append(weights)
+        else:
+            # softmax(q k^T / sqrt(hs) + causal mask) v, in one fused kernel. The causal mask sets the future
+            # to -inf (never a finite -1e4, which a model can learn to defeat).
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout if self.training else 0.0, **causal_mask(T, start, x.device)
+            )  # (B, nh, T, hs)
         # Put the heads side by side again: (B, nh, T, hs) -> (B, T, nh, hs) -> (B, T, C).
         # reshape copies the data into the new order, because transpose only changed the strides.
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
@@ -168,8 +191,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.d_model, eps=1e-5)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)  # (B, T, C)
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, attention: list | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, attention)  # (B, T, C)
         x = x + self.mlp(self.ln_2(x))  # (B, T, C)
         return x
 
@@ -246,13 +271,20 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
         last_only: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return_attention: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """idx: (B, T) token ids. targets: (B, T) next-token ids or None. Returns (logits (B, T, V), loss).
 
         For generation: `cache` holds the keys/values of earlier tokens (idx continues after them), and
         `last_only` computes logits for the last position only, the one generation samples from.
+        For looking inside: `return_attention` adds a third result, every head's attention weights,
+        (n_layer, B, n_head, T, T), computed with the written-out `explicit_attention` (slower; the logits are
+        the same; no attention dropout, so use it in eval mode). Not with a cache: it shows whole sequences.
         """
         B, T = idx.shape
+        if return_attention and cache is not None:
+            raise ValueError("return_attention shows a whole sequence: call it without a KV cache")
+        attention = [] if return_attention else None  # each block appends its (B, nh, T, T) weights
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(
@@ -263,7 +295,7 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C) + (T, C) -> (B, T, C)
         x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, cache, layer)  # (B, T, C)
+            x = block(x, cache, layer, attention)  # (B, T, C)
         if cache is not None:
             cache.pos += T
         if last_only:
@@ -274,6 +306,8 @@ class GPT(nn.Module):
         if targets is not None:
             # Cross-entropy in float32 even under bf16 autocast: the log-softmax over V needs the precision.
             loss = F.cross_entropy(logits.float().view(B * T, -1), targets.reshape(B * T))
+        if return_attention:
+            return logits, loss, torch.stack(attention)  # (n_layer, B, nh, T, T)
         return logits, loss
 
     def new_kv_cache(self, batch_size: int) -> KVCache:

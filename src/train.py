@@ -43,6 +43,7 @@ from src.engine.errors import UserError, run_cli
 from src.engine.metrics import TrainingLog
 from src.engine.precision import Precision
 from src.engine.resume import STATE_FILE, LoopState, StopRequest, TimeBudget, load_state, save_run
+from src.engine.snapshots import Snapshots
 from src.generate import generate_text
 from src.model import GPT, GPTConfig
 from src.tokenizer import Tokenizer
@@ -202,9 +203,12 @@ def train(cfg: TrainConfig) -> LoopState:
         if state.step >= cfg.max_iters:
             raise UserError(f"the run in {out_dir} already reached step {state.step}; raise --max-iters to go on")
         log = TrainingLog(cfg, ddp, precision, model, accum, compiled, start_step=state.step)
+        snapshots = Snapshots(out_dir, model, data.tokenizer, cfg.snapshot_max_params, fresh=not cfg.resume,
+                              enabled=ddp.is_main)  # the model at every evaluation, to watch it learn
         if state.step == 0:
             train_loss, val_loss = evaluate(model, eval_batches, precision.autocast_ctx, ddp)
             state.record_eval(train_loss, val_loss, data.tokens_per_byte, data.tokens_per_char)
+            snapshots.save(model, state.step)
             log.eval(state)
             vocab = data.tokenizer.vocab_size
             log.say(f"initial loss {val_loss:.4f}; a uniform guess over {vocab} tokens would give "
@@ -231,6 +235,7 @@ def train(cfg: TrainConfig) -> LoopState:
                     best = state.record_eval(train_loss, val_loss, data.tokens_per_byte, data.tokens_per_char)
                     save_run(out_dir, model, data.tokenizer, optimizer, precision.scaler, train_loader, state,
                              cfg.to_dict(), ddp, best=best)
+                    snapshots.save(model, step)
                     log.eval(state)
                 if out_of_time:
                     log.say(f"\ntime budget of {cfg.max_seconds:.0f} s used up at step {step}")

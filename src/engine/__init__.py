@@ -9,6 +9,8 @@ called from the reading path in one named call:
     distributed.py  several processes with PyTorch DDP (a no-op for one process)
     resume.py       the loop state, the exact-resume state file, Ctrl-C, a time budget
     checkpoint.py   checkpoint folders: save, load (model, tokenizer), a run's lock on its folder
+    snapshots.py    the weights at every evaluation, to watch a model learn
+    stages.py       the models a run left behind (snapshots, best, latest), by name under --out-dir
     gpt2_files.py   GPT-2's tokenizer files: the byte alphabet, the two file layouts
     hub.py          downloading released GPT-2 files from the Hugging Face Hub
     quantize.py     int8 weights for faster generation on a CPU

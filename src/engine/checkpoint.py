@@ -44,7 +44,7 @@ from src.engine.files import load_tensors, read_json, save_tensors, write_json
 from src.engine.gpt2_files import CONFIG, LEGACY_WEIGHTS, WEIGHTS, read_tokenizer_files
 from src.engine.hub import gpt2_tokenizer_folder, resolve_pretrained
 from src.engine.quantize import is_quantized
-from src.model import GPT
+from src.model import GPT, config_from_hf
 from src.tokenizer import CharTokenizer, Tokenizer
 
 try:
@@ -99,17 +99,25 @@ def load_model(path: str | os.PathLike, block_size: int | None = None, dropout: 
         )
     config = read_json(path / CONFIG, "model config")
     if config.get("model_type") == "bigram":
-        return _load_bigram(path, config)
+        return model_from_export(config, load_tensors(path / WEIGHTS), path / WEIGHTS)
     return GPT.from_pretrained(path, block_size=block_size, dropout=dropout)
 
 
-def _load_bigram(path: Path, config: dict) -> BigramLanguageModel:
-    tensors = load_tensors(path / WEIGHTS)
+def model_from_export(config: dict, tensors: dict[str, torch.Tensor], source: str | os.PathLike):
+    """The inverse of `model.export()`: a model (in float32) from its config.json and its tensors.
+
+    `source` names the weights in an error. Used for the bigram's folders and for training snapshots.
+    """
+    tensors = {name: tensor.float() for name, tensor in tensors.items()}
     try:
-        model = BigramLanguageModel(BigramConfig(config["vocab_size"], config.get("block_size", 1)))
-        model.load_state_dict(tensors)
-    except (KeyError, TypeError, RuntimeError) as err:
-        raise UserError(f"{path / WEIGHTS} does not match {path / CONFIG}: {str(err).splitlines()[0]}") from None
+        if config.get("model_type") == "bigram":
+            model = BigramLanguageModel(BigramConfig(config["vocab_size"], config.get("block_size", 1)))
+            model.load_state_dict(tensors)
+            return model
+        model = GPT(config_from_hf(config))
+    except (KeyError, TypeError, RuntimeError, ValueError) as err:
+        raise UserError(f"{source} does not match its config.json: {str(err).splitlines()[0]}") from None
+    model.load_hf_state_dict(tensors)
     return model
 
 

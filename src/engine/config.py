@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, fields
 
 from src.engine.corpus import CACHE_DIR
 from src.engine.errors import ArgumentParser, UserError
+from src.engine.snapshots import DEFAULT_MAX_PARAMS
 from src.model import default_n_head
 
 
@@ -56,6 +57,7 @@ class TrainConfig:
     eval_iters: int = 20
     log_interval: int = 10
     sample_tokens: int = 500  # tokens printed as a sample at the end (0 = none)
+    snapshot_max_params: int = DEFAULT_MAX_PARAMS  # keep a weights-only snapshot per evaluation up to this size
     # machine
     device: str = "auto"
     dtype: str = "auto"
@@ -218,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-iters", type=_positive_int, default=d.eval_iters, help="batches per evaluation")
     g.add_argument("--log-interval", type=_positive_int, default=d.log_interval, help="steps between log rows")
     g.add_argument("--sample-tokens", type=_non_negative_int, default=d.sample_tokens, help="sample length at the end")
+    g.add_argument("--snapshot-max-params", type=_non_negative_int, default=d.snapshot_max_params,
+                   help="keep the weights of every evaluation in out-dir/snapshots/ for models up to this many "
+                        "parameters (0 = never); for the pictures and the playground")
     g = p.add_argument_group("machine")
     g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=d.device, help="where to train")
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=d.dtype,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import platform
 import time
 from pathlib import Path
@@ -47,30 +48,69 @@ class MetricsLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
-    def plot(self, path: str | Path, title: str = "") -> None:
-        """Train and val loss against tokens seen, as a PNG (written atomically)."""
+    def plot(self, path: str | Path, title: str = "", vocab_size: int | None = None) -> None:
+        """Train and val loss against tokens seen, as a PNG (written atomically), with what a learner needs to
+        read it: the loss of a uniform guess, ln V (where training starts), steps on the top axis, and the gap
+        between train and validation loss shaded from where the model starts to overfit."""
         import matplotlib
 
         matplotlib.use("Agg")  # no screen needed
         import matplotlib.pyplot as plt
 
         train = [(r["tokens"], r["train_loss"]) for r in self.rows if r.get("event") == "train"]
-        val = [(r["tokens"], r["val_loss"]) for r in self.rows if r.get("event") == "eval"]
-        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+        evals = [r for r in self.rows if r.get("event") == "eval"]
+        fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
         if train:
             ax.plot([t for t, _ in train], [loss for _, loss in train], label="train", alpha=0.6, linewidth=1)
-        if val:
-            ax.plot([t for t, _ in val], [loss for _, loss in val], "o-", label="validation", linewidth=2)
+        if evals:
+            ax.plot([r["tokens"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation",
+                    linewidth=2)
+        if vocab_size:
+            ax.axhline(math.log(vocab_size), color="grey", linestyle=":", linewidth=1,
+                       label=f"ln V = {math.log(vocab_size):.2f}: a uniform guess over {vocab_size} tokens")
+        overfit = overfitting_start(evals)
+        if overfit is not None:
+            later = [r for r in evals if r["step"] >= overfit["step"]]
+            ax.fill_between([r["tokens"] for r in later], [r["train_loss"] for r in later],
+                            [r["val_loss"] for r in later], color="tab:red", alpha=0.15,
+                            label="train/validation gap: overfitting")
+            ax.axvline(overfit["tokens"], color="tab:red", linestyle="--", linewidth=1)
+            ax.annotate(f"best validation (step {overfit['step']}),\nthen it rises: overfitting",
+                        (overfit["tokens"], overfit["val_loss"]), textcoords="offset points", xytext=(8, 14),
+                        fontsize=8, color="tab:red")
+        steps_per_token = _steps_per_token(self.rows)
+        if steps_per_token:
+            top = ax.secondary_xaxis("top", functions=(lambda t: t * steps_per_token, lambda s: s / steps_per_token))
+            top.set_xlabel("optimizer steps")
         ax.set_xlabel("tokens seen")
         ax.set_ylabel("loss (nats per token)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
         plt.close(fig)
         atomic_write_bytes(path, buf.getvalue())
+
+
+def overfitting_start(evals: list[dict], tolerance: float = 0.01) -> dict | None:
+    """The evaluation row where overfitting starts, or None: the one with the lowest validation loss, when a
+    later evaluation has a validation loss more than `tolerance` higher (above the noise of a few batches)
+    while its training loss went on falling. From there the model learns its training text by heart."""
+    if not evals:
+        return None
+    best = min(evals, key=lambda r: r["val_loss"])
+    later = [r for r in evals if r["step"] > best["step"]]
+    if any(r["val_loss"] > best["val_loss"] + tolerance and r["train_loss"] < best["train_loss"] for r in later):
+        return best
+    return None
+
+
+def _steps_per_token(rows: list[dict]) -> float | None:
+    """Steps per token of the run (constant: every step trains on the same number of tokens)."""
+    last = next((r for r in reversed(rows) if r.get("step") and r.get("tokens")), None)
+    return last["step"] / last["tokens"] if last else None
 
 
 class TrainingLog:
@@ -82,6 +122,7 @@ class TrainingLog:
         self.device = precision.device
         self.tokens_per_step = cfg.batch_size * cfg.block_size * accum * ddp.world_size
         self.flops_per_token = model.flops_per_token()
+        self.vocab_size = model.config.vocab_size
         self.started = time.time()
         if not self.enabled:
             return
@@ -148,7 +189,7 @@ class TrainingLog:
             return
         self._advance(step)
         self.bar.close()
-        self.metrics.plot(self.out_dir / "loss.png", title=f"stopped at step {step}")
+        self.metrics.plot(self.out_dir / "loss.png", title=f"stopped at step {step}", vocab_size=self.vocab_size)
         self.say(f"saved; continue with: python src/train.py --resume --out-dir {self.out_dir} (same flags)")
 
     def finish(self, state, title: str) -> None:
@@ -157,7 +198,7 @@ class TrainingLog:
             return
         self._advance(state.step)
         self.bar.close()
-        self.metrics.plot(self.out_dir / "loss.png", title=title)
+        self.metrics.plot(self.out_dir / "loss.png", title=title, vocab_size=self.vocab_size)
         self.say(f"done in {time.time() - self.started:.0f} s: val loss {state.val_loss:.4f} "
                  f"({state.val_bits_per_byte:.3f} bits/byte); saved to {self.out_dir}/ "
                  "(checkpoint, best/, metrics.jsonl, loss.png)")
