@@ -35,6 +35,7 @@ from src.engine.distributed import Distributed
 from src.engine.errors import UserError
 from src.engine.precision import Precision, autocast, resolve_dtype
 from src.engine.resume import STATE_FILE, LoopState, load_state, save_state
+from src.engine.snapshots import list_snapshots, snapshot_file
 from src.model import GPT, GPTConfig
 from src.tokenizer import CharTokenizer
 from src.train import configure_optimizer
@@ -153,6 +154,11 @@ def test_resume_is_bitwise_exact(engine, tmp_path, capsys):
         # The whole training state too: optimizer moments and step counts, every RNG, the loader position.
         assert_same_tensors(tensors(out / STATE_FILE), tensors(straight_dir / STATE_FILE), f"state ({stop})")
         assert state_meta(out / STATE_FILE)["loop"] == state_meta(straight_dir / STATE_FILE)["loop"]
+        # and the snapshots of every evaluation are the straight run's: the resume neither lost nor mixed any
+        assert list_snapshots(out) == list_snapshots(straight_dir) == [0, 4, 8, 12]
+        for step in (0, 4, 8, 12):
+            assert_same_tensors(tensors(snapshot_file(out, step)), tensors(snapshot_file(straight_dir, step)),
+                                f"snapshot {step} (resumed at {stop})")
 
 
 # --- signals ---------------------------------------------------------------------------------------------------

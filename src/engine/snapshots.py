@@ -7,7 +7,7 @@ model at step 0 (random letters), 250 (words appear), 500, ... A run writes:
     out/snapshots/config.json               the model's config, once per run
     out/snapshots/scratch_tokenizer.json    its tokenizer, once per run
     out/snapshots/step-000250.safetensors   the weights at step 250, in float16: half the bytes of float32,
-                                            and closer than a learner can see (the logits differ by ~1e-3)
+                                            and closer than a learner can see (the logits move by under 0.01)
 
 Weights only, so a snapshot cannot resume a run (`training_state.safetensors` does that) and nothing reads
 it during training. Only models up to `--snapshot-max-params` (default 50 million parameters) keep them:

@@ -43,7 +43,9 @@ def list_stages(out_dir: str | os.PathLike) -> list[Stage]:
     """Every stage under `out_dir`: snapshots by step, then checkpoint folders, the latest last."""
     out_dir = Path(out_dir)
     stages = [Stage(f"{SNAPSHOTS}/step-{step:06d}", f"step {step}", step) for step in list_snapshots(out_dir)]
-    folders = sorted(p for p in out_dir.iterdir() if p.is_dir() and is_checkpoint(p)) if out_dir.is_dir() else []
+    root = out_dir.resolve()
+    folders = sorted(p for p in out_dir.iterdir() if p.is_dir() and is_checkpoint(p)
+                     and p.resolve().is_relative_to(root)) if out_dir.is_dir() else []  # no links out
     for folder, name in [(p, p.name) for p in folders] + ([(out_dir, ".")] if is_checkpoint(out_dir) else []):
         step = read_training(folder).get("step")
         label = "latest" if name == "." else name
