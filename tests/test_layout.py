@@ -17,8 +17,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SRC = REPO_ROOT / "src"
 
 # The reading path, in reading order (the README's "What each file teaches" table is exactly this list).
-READING_PATH = ["tokenizer", "bpe", "dataloader", "bigram", "model", "sampling", "generate", "train", "sample"]
-COMMANDS = {"train", "sample"}  # the two programs: they wire the machinery in
+READING_PATH = ["tokenizer", "bpe", "dataloader", "bigram", "model", "sampling", "generate", "train", "sample",
+                "pictures", "playground"]
+COMMANDS = {"train", "sample", "pictures", "playground"}  # the programs: they wire the machinery in
 # The engine helpers the reading path's library files may use: small I/O modules that import nothing from src
 # but one another. Beyond files and errors: corpus (the default text of the module-level encode/decode),
 # gpt2_files (how a BPE file spells bytes; GPT-2's file names) and hub (GPT.from_pretrained("gpt2")).

@@ -17,6 +17,7 @@ called from the reading path in one named call:
     textstream.py   printing generated text as it comes: whole characters, stop strings
     perf.py         parameters, memory, the hardware's peak FLOP/s, bits per byte
     metrics.py      the run's header, progress bar, metrics.jsonl and loss.png
+    drawing.py      the figures of pictures.py, from its numbers
     corpus.py       where the text comes from (your file, or Shakespeare), read safely
     files.py        atomic writes, JSON, tensor files
     errors.py       one-line errors for mistakes a user can fix
@@ -24,6 +25,6 @@ called from the reading path in one named call:
 The reading path's library files import from here only its small I/O helpers, which import nothing from
 `src/` but one another: `files`, `errors`, `corpus` (the default text, for the module-level `encode`),
 `gpt2_files` (how a BPE file spells bytes; GPT-2's file names) and `hub` (so that `GPT.from_pretrained("gpt2")`
-can download OpenAI's weights). The two command-line programs, `train.py` and `sample.py`, are where the
-machinery is wired in. A test holds the imports to that, and finds no cycles.
+can download OpenAI's weights). The command-line programs, `train.py`, `sample.py`, `pictures.py` and
+`playground.py`, are where the machinery is wired in. A test holds the imports to that, and finds no cycles.
 """
