@@ -25,8 +25,8 @@ The bigram model has no attention and no positions (it looks at one token), so i
 
 Each picture is two steps: a small function computes the numbers (`attention_maps`, `next_token_probs`,
 `embedding_projection`, `position_similarity`, `token_spans`) from the model or tokenizer, and a `draw_*`
-function of engine/drawing.py turns those numbers into a matplotlib Figure. The tests check the numbers against the model's own
-forward pass; the drawing only has to show them.
+function of engine/drawing.py turns those numbers into a matplotlib Figure. The tests check the numbers against
+the model's own forward pass; the drawing only has to show them.
 
 Long prompts are cropped: the model sees at most its context (`block_size`) of tokens, and an attention
 grid of more than 64 tokens is too fine to read, so attention.png shows the last ones and says so.

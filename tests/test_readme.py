@@ -85,4 +85,5 @@ def test_the_file_table_is_the_reading_path_in_order(readme, repo_root):
     listed = re.findall(r"^\| `src/(\w+)\.py` \|", table, flags=re.M)
     on_disk = sorted(p.stem for p in (repo_root / "src").glob("*.py") if p.stem != "__init__")
     assert sorted(listed) == on_disk
-    assert listed == ["tokenizer", "bpe", "dataloader", "bigram", "model", "sampling", "generate", "train", "sample"]
+    assert listed == ["tokenizer", "bpe", "dataloader", "bigram", "model", "sampling", "generate", "train", "sample",
+                      "pictures", "playground"]
