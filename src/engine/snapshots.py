@@ -11,8 +11,8 @@ model at step 0 (random letters), 250 (words appear), 500, ... A run writes:
 
 Weights only, so a snapshot cannot resume a run (`training_state.safetensors` does that) and nothing reads
 it during training. Only models up to `--snapshot-max-params` (default 50 million parameters) keep them:
-the default 10.8M-parameter run keeps 9 of 22 MB each (about 200 MB); GPT-2 124M would keep 250 MB per
-evaluation, so it keeps none. A fresh run (not `--resume`) first removes the previous run's snapshots, which
+the default run (3.2M parameters, 9 evaluations) keeps 9 of 6.5 MB each; GPT-2 124M would keep 250 MB
+per evaluation, so it keeps none. A fresh run (not `--resume`) first removes the previous run's snapshots, which
 belong to another model; a resumed run keeps them and overwrites the steps it computes again.
 
 Who uses it: `train.py` (saves one per evaluation), `pictures.py` and `playground.py` (list, load).
