@@ -477,3 +477,25 @@ def test_the_command_prints_its_address_and_serves(runs, repo_root, cli_env):
         proc.terminate()
         proc.wait(timeout=10)
     assert proc.stderr.read() == ""  # no warning for 127.0.0.1, and no log noise
+
+
+def test_a_hugging_face_gpt2_folder_plays_with_gpt2s_tokenizer(tmp_path, monkeypatch):
+    """A folder saved by `transformers` (no tokenizer of ours in it) as --out-dir: GPT-2's tokenizer decodes it
+    (here a stand-in trained offline in GPT-2's file format, found through GPT2_TOKENIZER_DIR)."""
+    transformers = pytest.importorskip("transformers")
+    from test_pretrained import train_gpt2_standin_tokenizer
+
+    vocab_size, _ = train_gpt2_standin_tokenizer(tmp_path / "gpt2-tokenizer")
+    monkeypatch.setenv("GPT2_TOKENIZER_DIR", str(tmp_path / "gpt2-tokenizer"))
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=vocab_size, n_positions=32, n_embd=32, n_layer=2, n_head=2)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "hf")
+    with TestClient(playground.make_app(tmp_path / "hf", max_new_tokens=MAX_NEW_TOKENS)) as client:
+        info = client.get("/api/stages").json()
+        assert [s["name"] for s in info["stages"]] == ["."] and info["model"]["tokenizer"] == "bpe"
+        events = stream(client, prompt="The queen", max_new_tokens=12, seed=3)
+    model, tokenizer = load_stage(tmp_path / "hf", ".")
+    prompt = encode_prompt(tokenizer, "The queen")
+    expected = generate(model, prompt, 12, temperature=0.8, seed=3)[len(prompt):]
+    ids = [t["id"] for t in tokens_of(events)]
+    assert ids[: len(expected)] == expected[: len(ids)] and len(ids) >= 1  # (it may stop early at <|endoftext|>)
