@@ -151,7 +151,10 @@ def test_only_rank_0_writes_and_prints(ddp_run):
     out_dir, _, proc = ddp_run
     names = sorted(p.name for p in out_dir.iterdir())
     assert names == sorted([".lock", "best", "config.json", "loss.png", "metrics.jsonl", "model.safetensors",
-                            STATE_FILE, "scratch_tokenizer.json", "training.json"])  # no second copy, no temp file
+                            STATE_FILE, "scratch_tokenizer.json", "snapshots", "training.json"])  # no second copy,
+    assert sorted(p.name for p in (out_dir / "snapshots").iterdir()) == [  # no temp file: one snapshot per evaluation
+        "config.json", "scratch_tokenizer.json", "step-000000.safetensors", "step-000002.safetensors",
+        "step-000004.safetensors"]
     lines = (out_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len(set(lines))
     assert [r["step"] for r in rows(out_dir) if r["event"] == "train"] == [1, 2, 3, 4]
