@@ -87,3 +87,11 @@ def test_the_file_table_is_the_reading_path_in_order(readme, repo_root):
     assert sorted(listed) == on_disk
     assert listed == ["tokenizer", "bpe", "dataloader", "bigram", "model", "sampling", "generate", "train", "sample",
                       "pictures", "playground"]
+
+
+def test_the_learn_section_counts_the_tutorials_chapters(readme, repo_root):
+    learn = section(readme, "Learn")
+    chapters = sorted((repo_root / "tutorial").glob("[0-9][0-9]-*.md"))
+    words = {12: "twelve", 13: "thirteen", 14: "fourteen"}
+    assert f"{words[len(chapters)]} chapters" in learn
+    assert "tutorial/README.md" in learn and "tutorial/debugging.md" in learn

@@ -121,7 +121,7 @@ def run_exercise_tests(solutions: bool) -> dict[str, dict[str, str]]:
         env["EXERCISE_SOLUTIONS"] = "1"
     env.setdefault("OMP_NUM_THREADS", "1")
     files = [str(p.relative_to(REPO_ROOT)) for p in EXERCISE_TESTS]
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", *files],
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-n", "0", *files],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     results: dict[str, dict[str, str]] = {}
     for outcome, file, name in RESULT.findall(proc.stdout):
