@@ -48,7 +48,7 @@ plain text.
 
 Files: `save`/`load` use a versioned JSON file (type, version, pattern, special tokens, the merges
 as pairs of readable token strings, and the vocabulary). GPT-2's own released files (vocab.json +
-merges.txt) are read by `engine/checkpoint.py`'s `gpt2_tokenizer`, with the formats in
+merges.txt) are read by `engine/tokenizers.py`'s `gpt2_tokenizer`, with the formats in
 `engine/gpt2_files.py`.
 """
 
@@ -69,7 +69,7 @@ from tqdm import tqdm
 from src.engine.errors import UserError
 from src.engine.files import read_json
 from src.engine.gpt2_files import ENDOFTEXT, str_to_token, token_to_str  # GPT-2's byte alphabet
-from src.tokenizer import Tokenizer
+from src.tokenizer import CharTokenizer, Tokenizer
 
 FORMAT_VERSION = 1
 
@@ -447,6 +447,21 @@ class BPETokenizer(Tokenizer):
 
 # ---------------------------------------------------------------------------------------------------
 # Training, step by step.
+
+
+def tokenizer_from_dict(data: dict, source: str = "tokenizer file") -> Tokenizer:
+    """A tokenizer saved by this project, of either kind: its "type" field names the class."""
+    kind = data.get("type")
+    if kind == CharTokenizer.kind:
+        return CharTokenizer.from_dict(data)
+    if kind in ("bpe", "gpt2"):
+        return BPETokenizer.from_dict(data, source=source)
+    raise UserError(f"{source}: unknown tokenizer type {kind!r}")
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """A tokenizer file saved by this project (`Tokenizer.save`), of either kind."""
+    return tokenizer_from_dict(read_json(path, "tokenizer file"), source=str(path))
 
 
 def _learn_merges(

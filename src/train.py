@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from src.bigram import BigramLanguageModel
-from src.dataloader import BatchLoader, evaluation_batches, prepare_data
+from src.dataloader import PreparedData, prepare_data
 from src.engine.checkpoint import RunLock, folder_tokenizer, gpt2_tokenizer, load_model
 from src.engine.config import TrainConfig, parse_args
 from src.engine.distributed import Distributed
@@ -43,12 +43,28 @@ from src.engine.errors import UserError, run_cli
 from src.engine.metrics import TrainingLog
 from src.engine.precision import Precision
 from src.engine.resume import STATE_FILE, LoopState, StopRequest, TimeBudget, load_state, save_run
+from src.engine.shards import is_prepared
 from src.engine.snapshots import Snapshots
 from src.generate import generate_text
 from src.model import GPT, GPTConfig
 from src.tokenizer import Tokenizer
 
 # --- the tokenizer, the model and its optimizer -----------------------------------------------------------------
+
+
+def load_data(cfg: TrainConfig, verbose: bool):
+    """The data to train on: a folder that prepare.py wrote (shards streamed from disk, its own tokenizer),
+    or a text read into memory and tokenized here (dataloader.prepare_data)."""
+    if is_prepared(cfg.data):
+        data = PreparedData(cfg.data)
+        if verbose:
+            print(data.describe())
+        if cfg.init_from and folder_tokenizer(cfg.init_from, cfg.cache_dir).to_json() != data.tokenizer.to_json():
+            raise UserError(f"{cfg.data} was prepared with another tokenizer than {cfg.init_from}'s: prepare it "
+                            "with the model's tokenizer (--tokenizer gpt2 for GPT-2)")
+        return data
+    return prepare_data(cfg.data, cfg.block_size, cfg.cache_dir, tokenizer=ready_made_tokenizer(cfg),
+                        kind=cfg.tokenizer, vocab_size=cfg.vocab_size, verbose=verbose)
 
 
 def ready_made_tokenizer(cfg: TrainConfig) -> Tokenizer | None:
@@ -180,13 +196,12 @@ def train(cfg: TrainConfig) -> LoopState:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
 
-        # 1. Data: text -> tokenizer -> train/val token ids -> batches.
-        data = prepare_data(cfg.data, cfg.block_size, cfg.cache_dir, tokenizer=ready_made_tokenizer(cfg),
-                            kind=cfg.tokenizer, vocab_size=cfg.vocab_size, verbose=ddp.is_main)
+        # 1. Data: text -> tokenizer -> train/val token ids -> batches (or shards that prepare.py wrote).
+        data = load_data(cfg, verbose=ddp.is_main)
         accum = cfg.micro_batches_per_step(ddp.world_size)  # gradient accumulation, from --tokens-per-step
-        train_loader = BatchLoader(data.train, cfg.block_size, cfg.batch_size, device, seed=cfg.seed + ddp.rank,
-                                   rank=ddp.rank, world_size=ddp.world_size)  # each process its own slice
-        eval_batches = evaluation_batches(data, cfg.block_size, cfg.batch_size, cfg.eval_iters, device)
+        train_loader = data.train_loader(cfg.block_size, cfg.batch_size, device, seed=cfg.seed, rank=ddp.rank,
+                                         world_size=ddp.world_size, accum=accum)  # each process its own windows
+        eval_batches = data.evaluation_batches(cfg.block_size, cfg.batch_size, cfg.eval_iters, device)
 
         # 2. Model and optimizer. `model` is the model itself: evaluated, sampled and saved. `step_model` is
         # what a training step calls: the same model, compiled (--compile) and wrapped for DDP when asked.

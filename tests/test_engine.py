@@ -251,7 +251,8 @@ while True:  # every version i is all-i weights and moments, so a mixture of two
             s["exp_avg"].fill_(i)
             s["exp_avg_sq"].fill_(i)
     save_checkpoint(folder, model, tokenizer, {{"iter": i}})
-    save_state(folder + "/resume.safetensors", model, optimizer, scaler, [generator.get_state()], LoopState(step=i))
+    loader = ({{"loader.generator.0": generator.get_state()}}, {{}})
+    save_state(folder + "/resume.safetensors", model, optimizer, scaler, loader, LoopState(step=i))
 """
 
 
@@ -283,7 +284,7 @@ def test_kill_9_while_saving_leaves_a_loadable_checkpoint(tmp_path, repo_root, c
     optimizer = configure_optimizer(model, 1e-3, 0.1, torch.device("cpu"))
     save_checkpoint(folder, model, tokenizer, {"iter": 0})
     save_state(folder / STATE_FILE, model, optimizer, torch.amp.GradScaler("cpu", enabled=False),
-               [torch.Generator().get_state()], LoopState(step=0))
+               ({"loader.generator.0": torch.Generator().get_state()}, {}), LoopState(step=0))
     assert (folder / "model.safetensors").stat().st_size > 3_000_000
     script = tmp_path / "saver.py"
     script.write_text(SAVER.format(repo=str(repo_root), folder=str(folder)))

@@ -18,12 +18,14 @@ SRC = REPO_ROOT / "src"
 
 # The reading path, in reading order (the README's "What each file teaches" table is exactly this list).
 READING_PATH = ["tokenizer", "bpe", "dataloader", "bigram", "model", "sampling", "generate", "train", "sample",
-                "pictures", "playground"]
-COMMANDS = {"train", "sample", "pictures", "playground"}  # the programs: they wire the machinery in
+                "pictures", "playground", "prepare", "evaluate"]
+# the programs: they wire the machinery in
+COMMANDS = {"train", "sample", "pictures", "playground", "prepare", "evaluate"}
 # The engine helpers the reading path's library files may use: small I/O modules that import nothing from src
 # but one another. Beyond files and errors: corpus (the default text of the module-level encode/decode),
 # gpt2_files (how a BPE file spells bytes; GPT-2's file names) and hub (GPT.from_pretrained("gpt2")).
-LEAF_HELPERS = {"engine.files", "engine.errors", "engine.corpus", "engine.gpt2_files", "engine.hub"}
+# shards: the token-file format and a prepared folder's manifest, which the data loader reads.
+LEAF_HELPERS = {"engine.files", "engine.errors", "engine.corpus", "engine.gpt2_files", "engine.hub", "engine.shards"}
 
 
 def module_name(path: Path) -> str:

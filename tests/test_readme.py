@@ -86,7 +86,7 @@ def test_the_file_table_is_the_reading_path_in_order(readme, repo_root):
     on_disk = sorted(p.stem for p in (repo_root / "src").glob("*.py") if p.stem != "__init__")
     assert sorted(listed) == on_disk
     assert listed == ["tokenizer", "bpe", "dataloader", "bigram", "model", "sampling", "generate", "train", "sample",
-                      "pictures", "playground"]
+                      "pictures", "playground", "prepare", "evaluate"]
 
 
 def test_the_learn_section_counts_the_tutorials_chapters(readme, repo_root):

@@ -19,12 +19,18 @@ called from the reading path in one named call:
     metrics.py      the run's header, progress bar, metrics.jsonl and loss.png
     drawing.py      the figures of pictures.py, from its numbers
     corpus.py       where the text comes from (your file, or Shakespeare), read safely
+    sources.py      a corpus for prepare.py: .txt, .jsonl(.gz), .parquet, Hugging Face datasets, as pieces
+    pool.py         tokenizing on every core: spawned workers, a bounded queue, results in order
+    shards.py       a prepared folder: token files, the manifest, llm.c's .bin shards
+    tokenizers.py   tokenizer files (ours, GPT-2's) to tokenizer objects, without PyTorch
     files.py        atomic writes, JSON, tensor files
     errors.py       one-line errors for mistakes a user can fix
 
 The reading path's library files import from here only its small I/O helpers, which import nothing from
 `src/` but one another: `files`, `errors`, `corpus` (the default text, for the module-level `encode`),
-`gpt2_files` (how a BPE file spells bytes; GPT-2's file names) and `hub` (so that `GPT.from_pretrained("gpt2")`
-can download OpenAI's weights). The command-line programs, `train.py`, `sample.py`, `pictures.py` and
-`playground.py`, are where the machinery is wired in. A test holds the imports to that, and finds no cycles.
+`gpt2_files` (how a BPE file spells bytes; GPT-2's file names), `hub` (so that `GPT.from_pretrained("gpt2")`
+can download OpenAI's weights) and `shards` (token files and a prepared folder's manifest, for the data
+loader). The command-line programs, `train.py`, `sample.py`, `pictures.py`, `playground.py`, `prepare.py`
+and `evaluate.py`, are where the machinery is wired in. A test holds the imports to that, and finds no
+cycles.
 """

@@ -37,15 +37,16 @@ from pathlib import Path
 import torch
 
 from src.bigram import BigramConfig, BigramLanguageModel
-from src.bpe import GPT2_PATTERN, BPETokenizer
+from src.bpe import load_tokenizer
 from src.engine.corpus import CACHE_DIR
 from src.engine.errors import UserError
 from src.engine.files import load_tensors, read_json, save_tensors, write_json
-from src.engine.gpt2_files import CONFIG, LEGACY_WEIGHTS, WEIGHTS, read_tokenizer_files
-from src.engine.hub import gpt2_tokenizer_folder, resolve_pretrained
+from src.engine.gpt2_files import CONFIG, LEGACY_WEIGHTS, WEIGHTS
+from src.engine.hub import resolve_pretrained
 from src.engine.quantize import is_quantized
+from src.engine.tokenizers import gpt2_tokenizer
 from src.model import GPT, config_from_hf
-from src.tokenizer import CharTokenizer, Tokenizer
+from src.tokenizer import Tokenizer
 
 try:
     import fcntl  # POSIX file locks
@@ -119,24 +120,6 @@ def model_from_export(config: dict, tensors: dict[str, torch.Tensor], source: st
         raise UserError(f"{source} does not match its config.json: {str(err).splitlines()[0]}") from None
     model.load_hf_state_dict(tensors)
     return model
-
-
-def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """A tokenizer file saved by this project, of the class its "type" field names."""
-    data = read_json(path, "tokenizer file")
-    kind = data.get("type")
-    if kind == CharTokenizer.kind:
-        return CharTokenizer.from_dict(data)
-    if kind in ("bpe", "gpt2"):
-        return BPETokenizer.from_dict(data, source=str(path))
-    raise UserError(f"{path}: unknown tokenizer type {kind!r}")
-
-
-def gpt2_tokenizer(cache_dir: str | os.PathLike = CACHE_DIR) -> BPETokenizer:
-    """GPT-2's own tokenizer (50,257 tokens), from its released files (found, or downloaded, by the hub code)."""
-    folder = gpt2_tokenizer_folder(cache_dir)
-    vocab, merges, specials = read_tokenizer_files(folder)
-    return BPETokenizer.from_token_strings(vocab, merges, specials, GPT2_PATTERN, str(folder))
 
 
 def folder_tokenizer(path: str | os.PathLike, cache_dir: str | os.PathLike = CACHE_DIR) -> Tokenizer:

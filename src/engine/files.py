@@ -17,12 +17,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_bytes
+from typing import TYPE_CHECKING
 
 from src.engine.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and safetensors are imported inside the two tensor functions, not here: the tokenizers import this
+# module, and the tokenizing worker processes of prepare.py must start without loading PyTorch.
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -69,6 +72,8 @@ def read_json(path: str | os.PathLike, what: str = "file") -> dict:
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None):
     """Tensors (contiguous, any device) as a safetensors file, atomically; `metadata` goes into its header."""
+    from safetensors.torch import save as safetensors_bytes
+
     tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
     atomic_write_bytes(path, safetensors_bytes(tensors, metadata={"format": "pt", **(metadata or {})}))
 
@@ -78,6 +83,9 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     A truncated or garbage file, and a pickle that `weights_only` refuses, all end in one UserError.
     """
+    import torch
+    from safetensors.torch import load_file
+
     path = Path(path)
     try:
         if path.suffix == ".safetensors":

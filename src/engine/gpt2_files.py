@@ -15,7 +15,7 @@ the 256 byte values as one printable stand-in character (`BYTE_TO_UNICODE`). Our
 the same alphabet, so a token reads the same in both.
 
 Who uses it: `bpe.py` (spelling tokens in its JSON file), `model.py` (the folder's file names),
-`engine/checkpoint.py` (`gpt2_tokenizer`, folders), `engine/hub.py` (which files to download).
+`engine/tokenizers.py` (`gpt2_tokenizer`), `engine/checkpoint.py` (folders), `engine/hub.py` (which files to download).
 """
 
 from __future__ import annotations

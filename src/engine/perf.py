@@ -86,8 +86,9 @@ def measure_matmul_flops(dtype: torch.dtype, max_n: int = 2048, seconds: float =
     ~0.25 GFLOP/s on one machine seen here: 70 s for one 2048 x 2048 product) is measured in about a second.
     """
     n = 256
+    generator = torch.Generator().manual_seed(0)  # its own: the training run's random numbers stay untouched
     while True:
-        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        a, b = (torch.randn(n, n, generator=generator).to(dtype) for _ in range(2))
         a @ b  # warm-up
         start = time.perf_counter()
         a @ b

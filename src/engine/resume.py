@@ -5,8 +5,10 @@ uninterrupted one (a test checks this). That needs more than the weights:
 - the optimizer state (AdamW's two running averages per parameter, and its step count);
 - the gradient scaler (float16 training only);
 - the loop's own counters, `LoopState`: step, best validation loss, non-finite steps, the last losses;
-- every random generator: Python's, NumPy's, PyTorch's (CPU and each GPU; dropout draws from these),
-  and the data loader's own generator, which *is* the loader's position in its random sequence;
+- every random generator: Python's, NumPy's, PyTorch's (CPU and each GPU; dropout draws from these);
+- the data loader's position: for random windows of a text, each process's own random generator; for the
+  shards of a prepared folder, one number (the windows read by all processes), so that run resumes on any
+  number of processes at the same tokens per step;
 - the settings that shape the weights, so that `--resume` with other model flags says which one differs.
 
 All of it goes into ONE safetensors file: tensors as tensors, everything else as JSON in the file's
@@ -200,23 +202,23 @@ def save_run(
 ) -> None:
     """Save a run: the latest checkpoint (a Hugging Face folder), the exact training state for --resume, and
     with `best` the best/ folder too. The main process writes; every process gives its data-loader position."""
-    loader_states = ddp.gather(loader.state_dict()["generator"])
+    loader_state = loader.checkpoint(ddp)  # a collective call: every process takes part
     if not ddp.is_main:
         return
     training = {**state.to_dict(), "config": config}
     if best and state.step > 0:
         save_checkpoint(out_dir / "best", model, tokenizer, training)
     save_checkpoint(out_dir, model, tokenizer, training)
-    save_state(out_dir / STATE_FILE, model, optimizer, scaler, loader_states, state, config)
+    save_state(out_dir / STATE_FILE, model, optimizer, scaler, loader_state, state, config)
 
 
 def save_state(
-    path: str | Path, model: torch.nn.Module, optimizer, scaler, loader_states: list[torch.Tensor],
+    path: str | Path, model: torch.nn.Module, optimizer, scaler, loader_state: tuple[dict[str, torch.Tensor], dict],
     state: LoopState, config: dict | None = None,
 ) -> None:
     """Write the complete training state to `path` (one file, atomically).
 
-    `loader_states`: the data loader's generator state of every process (one entry for one process).
+    `loader_state`: (tensors, values) from the data loader's `checkpoint`, its position on every process.
     `config`: the run's settings, which `load_state` compares with the resuming run's.
     """
     tensors = {f"model.{k}": v for k, v in model.state_dict().items() if k != "lm_head.weight"}
@@ -224,8 +226,8 @@ def save_state(
     tensors.update(optim_tensors)
     rng_tensors, rng_values = rng_state()
     tensors.update(rng_tensors)
-    for rank, loader_state in enumerate(loader_states):
-        tensors[f"loader.generator.{rank}"] = loader_state
+    loader_tensors, loader_values = loader_state
+    tensors.update(loader_tensors)  # named "loader.*"
     meta = {
         "version": STATE_VERSION,
         "loop": state.to_dict(),
@@ -233,6 +235,7 @@ def save_state(
         "optimizer": optim_values,
         "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         "rng": rng_values,
+        "loader": loader_values,
     }
     save_tensors(path, tensors, metadata={"state": json.dumps(meta)})
 
@@ -243,7 +246,7 @@ def load_state(
 ) -> LoopState:
     """Restore everything `save_state` wrote into live objects; return the loop state.
 
-    `rank` picks this process's data-loader position; resuming needs as many processes as were saved.
+    `rank` and `world_size` go to the data loader's `restore`, which checks the position fits this run.
     `config` (the resuming run's settings) must agree with the saved run's on every `SHAPE_SETTINGS` entry.
     """
     path = Path(path)
@@ -265,10 +268,8 @@ def load_state(
     optimizer.load_state_dict(_unflatten_optimizer({k: v.to(device) for k, v in tensors.items()}, meta["optimizer"]))
     if meta["scaler"] is not None:
         scaler.load_state_dict(meta["scaler"])
-    saved_ranks = sum(1 for k in tensors if k.startswith("loader.generator."))
-    if saved_ranks != world_size:  # each process's slice of the data depends on the number of processes
-        raise UserError(f"{path} was saved by {saved_ranks} process(es); resume with {saved_ranks}, not {world_size}")
-    loader.load_state_dict({"generator": tensors[f"loader.generator.{rank}"]})
+    loader.restore({k: v for k, v in tensors.items() if k.startswith("loader.")}, meta.get("loader") or {}, path,
+                   rank, world_size)
     set_rng_state(tensors, meta["rng"])
     return LoopState.from_dict(meta["loop"])
 

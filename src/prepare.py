@@ -1,0 +1,464 @@
+"""Tokenize a corpus once, into shards that training streams: `python src/prepare.py SOURCE... --out DIR`.
+
+`python src/train.py --data FILE` reads its text into memory and tokenizes it in one process: fine for a
+book, not for the 10 GB of web text GPT-2 124M is trained on. This command does that work once, on every
+core, and writes a folder that `train.py --data DIR` and `evaluate.py --data DIR` stream from disk:
+
+1. the tokenizer: GPT-2's (`--tokenizer gpt2`), a file (`PATH.json`), or one learned here: `char` from
+   every character of the corpus (a first pass), `bpe` from its first `--bpe-sample-chars` characters;
+2. the text, as pieces (engine/sources.py): files, folders or globs of `.txt` (a document per file, or
+   documents separated by `<|endoftext|>`), `.jsonl`/`.jsonl.gz`, `.parquet`, or a Hugging Face dataset
+   (`hf:NAME[:CONFIG]`); a long document is cut into pieces only where cutting cannot change its tokens;
+3. encoding on `--workers` processes, results back in order (engine/pool.py): the output is byte for byte
+   the same for any number of workers;
+4. routing: every document gets the document prefix (the end-of-text token) and goes whole to one split.
+   The first documents go to validation until it holds `--val-tokens` (a fixed budget, not a fraction:
+   10% of a 10-billion-token corpus would be a billion tokens nobody evaluates); the rest to training.
+   A BPE learned here learns from the first documents, which then count as training: validation is
+   never seen by the tokenizer;
+5. shards of about `--shard-tokens` ending on document boundaries, each written atomically, then the
+   manifest (engine/shards.py) that lists them. Interrupted (Ctrl-C, a kill), the folder keeps every
+   finished shard; the same command again continues where the manifest says it stopped, to the same bytes.
+
+Already-tokenized llm.c / modded-nanogpt `.bin` shards (FineWeb as they distribute it) are accepted too:
+their documents are routed and sharded the same way, without tokenizing anything.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python src/prepare.py`: make the `src` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# Nothing imported at the top of this file may import PyTorch: spawned workers import this file again.
+import numpy as np
+from tqdm import tqdm
+
+from src.bpe import ENDOFTEXT, GPT2_PATTERN, BPETokenizer, load_tokenizer
+from src.engine.corpus import CACHE_DIR
+from src.engine.errors import ArgumentParser, UserError, run_cli
+from src.engine.files import atomic_write_text
+from src.engine.pool import ordered_map
+from src.engine.shards import (
+    MANIFEST_VERSION,
+    SPLITS,
+    TOKENIZER_FILE,
+    dataset_sha256,
+    is_prepared,
+    read_manifest,
+    sha256_file,
+    shard_name,
+    token_array,
+    write_manifest,
+    write_token_file,
+)
+from src.engine.sources import expand_sources, is_token_sources, iter_pieces, iter_token_documents, total_bytes
+from src.engine.tokenizers import gpt2_tokenizer
+from src.tokenizer import CharTokenizer, Tokenizer
+
+TASK_CHARS = 1 << 20  # characters of text per task sent to a worker: large enough that sending it costs little
+PIECE_CHARS = 1 << 20  # a longer document is cut into pieces of about this many characters, for the workers
+
+
+# --- 1. the tokenizer ------------------------------------------------------------------------------------------
+
+
+def choose_tokenizer(spec: str, files: list[str], vocab_size: int, sample_chars: int, text_field: str,
+                     cache_dir: str) -> tuple[Tokenizer, int]:
+    """(tokenizer, documents it was learned from). Only a BPE learned here learns from documents (the first
+    ones, which must then not be validation); the character vocabulary needs every character, so it reads
+    the whole corpus once."""
+    if spec == "gpt2":
+        return gpt2_tokenizer(cache_dir), 0
+    if spec.endswith(".json"):
+        return load_tokenizer(spec), 0
+    if is_token_sources(files) and spec in ("char", "bpe"):
+        raise UserError("llm.c .bin shards are already tokens: give their tokenizer (--tokenizer gpt2)")
+    if spec == "char":
+        characters = set()
+        for piece in tqdm(iter_pieces(files, text_field), desc="characters", unit=" pieces"):
+            characters.update(piece.text)
+        return CharTokenizer(sorted(characters | set(CharTokenizer([]).document_separator))), 0
+    if spec == "bpe":
+        sample, documents, length, starts = [], 0, 0, True
+        for piece in iter_pieces(files, text_field):
+            if length >= sample_chars:
+                break
+            sample.append(piece.text + (ENDOFTEXT if piece.ends_document else ""))
+            documents += starts  # a document of which the sample holds a part was learned from too
+            starts = piece.ends_document
+            length += len(piece.text)
+        text = "".join(sample)
+        print(f"learning a {vocab_size}-token BPE from the first {len(text):,} characters ({documents} documents)")
+        return BPETokenizer.train(text, vocab_size, special_tokens=[ENDOFTEXT], verbose=True), documents
+    raise UserError(f"--tokenizer {spec!r}: choose gpt2, char, bpe or a tokenizer file PATH.json")
+
+
+def document_prefix(tokenizer: Tokenizer) -> list[int]:
+    """What comes before every document: the end-of-text token, or the tokens of the separator text."""
+    if tokenizer.eot_token_id is not None:
+        return [tokenizer.eot_token_id]
+    return tokenizer.encode(tokenizer.document_separator)
+
+
+# --- 4. and 5. routing documents into the splits' shards -------------------------------------------------------
+
+
+@dataclass
+class Split:
+    """One split as it is written: its finished shards, the tokens waiting for the next one, and totals."""
+
+    name: str
+    shards: list[dict] = field(default_factory=list)
+    documents: int = 0
+    characters: int = 0
+    bytes: int = 0
+    tokens: int = 0
+    shard_tokens: int = 0
+    pending: list[np.ndarray] = field(default_factory=list)  # tokens waiting for the next shard ...
+    pending_tokens: int = 0
+    starts: list[int] = field(default_factory=list)  # ... where documents begin in them
+    ends: list[int] = field(default_factory=list)  # ... and where they end
+
+    def add(self, ids: np.ndarray, starts_document: bool, ends_document: bool, characters: int, size: int) -> None:
+        """Tokens of one piece (of `characters` and `size` UTF-8 bytes of text)."""
+        if starts_document:
+            self.starts.append(self.pending_tokens)
+            self.documents += 1
+        self.pending.append(ids)
+        self.pending_tokens += len(ids)
+        if ends_document:
+            self.ends.append(self.pending_tokens)
+        self.tokens += len(ids)
+        self.characters += characters
+        self.bytes += size
+
+    def flush_full(self, folder: Path, dtype) -> bool:
+        """Write shards of at most `shard_tokens` while that many are waiting. A shard ends where the last
+        document that fits ends; if that would leave it less than half full, a long document is cut after
+        exactly `shard_tokens` (between two tokens: the tokens themselves do not change)."""
+        wrote = False
+        while self.pending_tokens >= self.shard_tokens:
+            fitting = [end for end in self.ends if end <= self.shard_tokens]
+            end = fitting[-1] if fitting and fitting[-1] >= self.shard_tokens // 2 else self.shard_tokens
+            self.write_shard(folder, end, dtype)
+            wrote = True
+        return wrote
+
+    def write_shard(self, folder: Path, count: int, dtype) -> None:
+        """The first `count` waiting tokens as the next shard; the rest keep waiting."""
+        if count == 0:
+            return
+        tokens = np.concatenate(self.pending).astype(dtype, copy=False)
+        name = shard_name(self.name, len(self.shards))
+        write_token_file(folder / name, tokens[:count])
+        self.shards.append({"file": name, "tokens": count, "documents": sum(s < count for s in self.starts),
+                            "sha256": sha256_file(folder / name)})
+        self.pending = [tokens[count:]] if count < len(tokens) else []
+        self.pending_tokens -= count
+        self.starts = [s - count for s in self.starts if s >= count]
+        self.ends = [e - count for e in self.ends if e > count]
+
+    def totals(self) -> dict:
+        return {"shards": self.shards, "documents": self.documents, "characters": self.characters,
+                "bytes": self.bytes, "tokens": self.tokens}
+
+    @classmethod
+    def restore(cls, name: str, saved: dict, shard_tokens: int) -> Split:
+        totals = {k: saved[k] for k in ("shards", "documents", "characters", "bytes", "tokens")}
+        return cls(name, **totals, shard_tokens=shard_tokens)
+
+
+class Router:
+    """Sends each document to a split and writes the shards; its state after a shard is what a rerun needs."""
+
+    def __init__(self, folder: Path, manifest: dict, learned_documents: int, tokenizer: Tokenizer):
+        self.folder, self.manifest, self.tokenizer = folder, manifest, tokenizer
+        settings = manifest["settings"]
+        self.val_budget = settings["val_tokens"]
+        self.dtype = np.dtype(manifest["dtype"])
+        self.prefix = np.array(manifest["document_prefix"], dtype=self.dtype)
+        progress = manifest.get("progress") or {}
+        self.pieces = progress.get("pieces", 0)  # pieces routed so far (a rerun skips them)
+        self.documents = progress.get("documents", 0)
+        self.val_closed = progress.get("val_closed", False)
+        self.learned_documents = learned_documents
+        self.splits = {name: Split.restore(name, manifest["splits"][name], settings["shard_tokens"]) for name in SPLITS}
+        self.in_document = progress.get("in_document", False)  # stopped inside a document longer than a shard
+        self.current = self.splits[progress["current"]] if self.in_document else None  # the document's split
+        self.document_tokens = progress.get("document_tokens", 0)
+
+    def add(self, ids: np.ndarray, ends_document: bool, text: str | None) -> None:
+        """One piece of a document: its ids without the prefix, and its text (None when the source was ids)."""
+        starts = not self.in_document
+        if starts:
+            self.current = self.split_for_next_document()
+            self.documents += 1
+            self.document_tokens = 0
+        val = self.splits["val"]
+        characters, size = self.measure(ids, text) if text is not None or self.current is val else (0, 0)
+        prefix = self.prefix if starts else self.prefix[:0]
+        ids = np.concatenate([prefix, ids.astype(self.dtype, copy=False)])
+        self.document_tokens += len(ids)
+        if self.current is val and self.document_tokens > self.val_budget:
+            # One document longer than the whole validation budget (a book in one file): its start validates,
+            # the rest trains. The cut is between two tokens, so the document's tokens stay what they were.
+            cut = max(self.val_budget - val.tokens, len(prefix))
+            head_characters, head_bytes = self.measure(ids[len(prefix) : cut], None)
+            val.add(ids[:cut], starts, True, head_characters, head_bytes)
+            self.close_validation()
+            self.current = self.splits["train"]  # where the rest counts as a document of its own
+            self.current.add(ids[cut:], True, ends_document, max(characters - head_characters, 0),
+                             max(size - head_bytes, 0))
+        else:
+            self.current.add(ids, starts, ends_document, characters, size)
+        self.in_document = not ends_document
+        self.pieces += 1
+        if self.current.flush_full(self.folder, self.dtype):
+            self.save_progress()
+
+    def measure(self, ids: np.ndarray, text: str | None) -> tuple[int, int]:
+        """(characters, UTF-8 bytes) of a piece, from its text or else by decoding its ids."""
+        if text is None:
+            text = self.tokenizer.decode_bytes(ids.tolist()).decode("utf-8", errors="replace")
+        return len(text), len(text.encode("utf-8"))
+
+    def split_for_next_document(self) -> Split:
+        if self.documents < self.learned_documents:  # a learned BPE saw these: training only
+            return self.splits["train"]
+        if not self.val_closed and self.splits["val"].tokens < self.val_budget:
+            return self.splits["val"]
+        self.close_validation()
+        return self.splits["train"]
+
+    def close_validation(self) -> None:
+        """Validation is full: write all of it now, so that it never waits for more."""
+        if self.val_closed:
+            return
+        self.val_closed = True
+        val = self.splits["val"]
+        val.write_shard(self.folder, val.pending_tokens, self.dtype)
+        self.save_progress()
+
+    def save_progress(self, complete: bool = False) -> None:
+        """Rewrite the manifest, when no tokens are waiting for a shard: a point a rerun can continue from
+        (the pieces routed so far are skipped, and everything after them is routed the same way again)."""
+        if any(split.pending for split in self.splits.values()):
+            return
+        manifest = self.manifest
+        manifest["splits"] = {name: split.totals() for name, split in self.splits.items()}
+        manifest["progress"] = {"pieces": self.pieces, "documents": self.documents, "val_closed": self.val_closed,
+                                "in_document": self.in_document, "current": self.current and self.current.name,
+                                "document_tokens": self.document_tokens}
+        if complete:
+            manifest["complete"] = True
+            del manifest["progress"]
+            manifest["dataset_sha256"] = dataset_sha256(manifest)
+        write_manifest(self.folder, manifest)
+
+    def finish(self) -> None:
+        for split in self.splits.values():
+            split.write_shard(self.folder, split.pending_tokens, self.dtype)
+        val, train = self.splits["val"], self.splits["train"]
+        if not val.tokens:
+            raise UserError("no documents were left for validation: add text, or --val-tokens to set its size")
+        if not train.tokens:
+            raise UserError(f"all {val.tokens:,} tokens went to validation (--val-tokens {self.val_budget:,}): "
+                            "lower --val-tokens or add text")
+        self.save_progress(complete=True)
+
+
+# --- the whole preparation -------------------------------------------------------------------------------------
+
+
+def prepare(sources: list[str], out: str, tokenizer_spec: str = "gpt2", vocab_size: int = 512, workers: int = 1,
+            shard_tokens: int = 100_000_000, val_tokens: int = 1_000_000, text_field: str = "text",
+            bpe_sample_chars: int = 2_000_000, cache_dir: str | None = None) -> dict:
+    """Tokenize `sources` into shards in `out`; returns the manifest. Continues an interrupted run."""
+    folder = Path(out)
+    files = expand_sources(sources)
+    settings = {"sources": files, "tokenizer": tokenizer_spec, "vocab_size": vocab_size, "shard_tokens": shard_tokens,
+                "val_tokens": val_tokens, "text_field": text_field, "bpe_sample_chars": bpe_sample_chars,
+                "piece_chars": PIECE_CHARS}  # where pieces end: a rerun skips the pieces already routed
+    manifest = previous_run(folder, settings)
+    if manifest and manifest.get("complete"):
+        print(f"{folder} is already prepared with these settings (delete it to prepare again)")
+        return manifest
+    if manifest:  # an interrupted run: the same tokenizer, from its copy
+        tokenizer = load_tokenizer(folder / TOKENIZER_FILE)
+        learned = manifest["learned_documents"]
+        print(f"continuing the preparation in {folder} after {len(all_shards(manifest))} finished shard(s)")
+    else:
+        tokenizer, learned = choose_tokenizer(tokenizer_spec, files, vocab_size, bpe_sample_chars, text_field,
+                                              cache_dir or str(CACHE_DIR))
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / TOKENIZER_FILE, tokenizer.to_json())
+        manifest = {
+            "version": MANIFEST_VERSION, "complete": False,
+            "tokenizer": {"file": TOKENIZER_FILE, "sha256": sha256_file(folder / TOKENIZER_FILE),
+                          "kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_token_id},
+            "document_prefix": document_prefix(tokenizer),
+            "convention": "every document is preceded by document_prefix (the end-of-text token when the tokenizer "
+                          "has one) and lies whole in one split; a shard ends on a document boundary unless a "
+                          "document is longer than a shard",
+            "dtype": token_array([], tokenizer.vocab_size).dtype.name,
+            "settings": settings, "val_tokens": val_tokens, "learned_documents": learned,
+            "splits": {name: Split(name).totals() for name in SPLITS},
+        }
+        write_manifest(folder, manifest)
+    router = Router(folder, manifest, learned, tokenizer)
+    started = time.time()
+    try:
+        if is_token_sources(files):
+            route_token_documents(router, files, tokenizer)
+        else:
+            route_text(router, files, tokenizer, workers, text_field)
+    except KeyboardInterrupt:
+        raise UserError(f"stopped: {len(all_shards(router.manifest))} finished shard(s) are kept in {folder}; "
+                        "run the same command again to continue") from None
+    router.finish()
+    report(router, time.time() - started)
+    return router.manifest
+
+
+def route_text(router: Router, files: list[str], tokenizer: Tokenizer, workers: int, text_field: str) -> None:
+    """Pieces -> tasks of about TASK_CHARS characters -> workers -> ids, routed in order."""
+    # Cutting a document is safe for GPT-2's pre-tokenizer pattern (and for characters); a BPE file with
+    # another pattern, or none, gets each document whole.
+    cuttable = tokenizer.to_dict().get("pattern", GPT2_PATTERN) == GPT2_PATTERN
+    pieces = iter_pieces(files, text_field, piece_chars=PIECE_CHARS if cuttable else sys.maxsize)
+    total = total_bytes(files)
+    skipped = sum(piece.source_bytes for piece in itertools.islice(pieces, router.pieces))  # done before
+    waiting: deque[list] = deque()  # the pieces of each task sent to the workers, oldest first
+
+    def tasks():
+        task, length = [], 0
+        for piece in pieces:
+            task.append(piece)
+            length += len(piece.text)
+            if length >= TASK_CHARS:
+                waiting.append(task)
+                yield [p.text for p in task]
+                task, length = [], 0
+        if task:
+            waiting.append(task)
+            yield [p.text for p in task]
+
+    with Progress(total, skipped) as progress:
+        for ids_list in ordered_map(tasks(), tokenizer.to_json(), workers):
+            for piece, ids in zip(waiting.popleft(), ids_list, strict=True):
+                router.add(ids, piece.ends_document, piece.text)
+                progress.update(piece.source_bytes, len(ids))
+
+
+def route_token_documents(router: Router, files: list[str], tokenizer: Tokenizer) -> None:
+    """llm.c .bin shards: already ids. Only validation is decoded, for its bytes (bits per byte need them)."""
+    eot = tokenizer.eot_token_id
+    if eot is None:
+        raise UserError("llm.c .bin shards need a tokenizer with an end-of-text token: --tokenizer gpt2")
+    with Progress(total_bytes(files), 0) as progress:
+        documents = iter_token_documents(files, eot)
+        for ids in itertools.islice(documents, router.pieces, None):
+            if ids.size and int(ids.max()) >= tokenizer.vocab_size:
+                raise UserError(f"a .bin file holds token id {int(ids.max())}, beyond the tokenizer's "
+                                f"{tokenizer.vocab_size}: it was tokenized with another tokenizer")
+            router.add(ids, True, None)
+            progress.update(2 * (len(ids) + 1), len(ids) + 1)
+
+
+class Progress:
+    """A progress bar over the source bytes, showing MB/s and the ETA, and tokens/s beside them."""
+
+    def __init__(self, total: int | None, done: int):
+        self.bar = tqdm(total=total, initial=done, unit="B", unit_scale=True, desc="tokenizing", smoothing=0.1)
+        self.tokens, self.started, self.shown = 0, time.time(), 0.0
+
+    def update(self, source_bytes: int, tokens: int) -> None:
+        self.tokens += tokens
+        self.bar.update(source_bytes)
+        now = time.time()
+        if now - self.shown > 0.5:
+            self.bar.set_postfix_str(f"{self.tokens / max(now - self.started, 1e-9):,.0f} tokens/s", refresh=False)
+            self.shown = now
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+
+def previous_run(folder: Path, settings: dict) -> dict | None:
+    """The manifest of an earlier run into `folder` with the same settings, None for a new folder; refuse a
+    folder that holds something else (nothing is ever deleted here)."""
+    if is_prepared(folder):
+        manifest = read_manifest(folder, complete=False)
+        for key, value in settings.items():
+            if manifest["settings"].get(key) != value:
+                raise UserError(f"{folder} holds data prepared with another {key} ({manifest['settings'].get(key)!r}, "
+                                f"now {value!r}): choose another --out, or delete it")
+        return manifest
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise UserError(f"{folder} exists and is not a prepared folder: choose another --out")
+    return None
+
+
+def all_shards(manifest: dict) -> list[dict]:
+    return [shard for split in SPLITS for shard in (manifest["splits"].get(split) or {}).get("shards", [])]
+
+
+def report(router: Router, seconds: float) -> None:
+    """The corpus in numbers, per split."""
+    print(f"prepared {router.folder} in {seconds:.1f} s")
+    for name in SPLITS:
+        split = router.splits[name]
+        per_token = f", {split.bytes / split.tokens:.2f} bytes per token" if split.bytes else ""
+        print(f"  {name:5s}: {split.documents:,} documents, {split.characters:,} characters, {split.tokens:,} tokens "
+              f"in {len(split.shards)} shard(s){per_token}")
+
+
+# --- the command line ---------------------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    value = int(text.replace("_", ""))
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(prog="python src/prepare.py",
+                            description="Tokenize a corpus into shards for `train.py --data DIR`.")
+    parser.add_argument("sources", nargs="+", metavar="SOURCE",
+                        help="files, folders or globs of .txt/.jsonl/.jsonl.gz/.parquet, llm.c .bin shards, or "
+                             "hf:NAME[:CONFIG] (Hugging Face datasets, streamed)")
+    parser.add_argument("--out", required=True, help="the folder to write (continued if interrupted)")
+    parser.add_argument("--tokenizer", default="gpt2", help="gpt2, char, bpe (learned here) or a tokenizer file .json")
+    parser.add_argument("--vocab-size", type=positive_int, default=512, help="tokens of a BPE learned here")
+    parser.add_argument("--workers", type=positive_int, default=default_workers(), help="encoding processes")
+    parser.add_argument("--shard-tokens", type=positive_int, default=100_000_000, help="tokens per shard (about)")
+    parser.add_argument("--val-tokens", type=positive_int, default=1_000_000, help="validation budget in tokens")
+    parser.add_argument("--text-field", default="text", help="the text's field in .jsonl/.parquet/hf: records")
+    parser.add_argument("--bpe-sample-chars", type=positive_int, default=2_000_000,
+                        help="characters a BPE learned here learns from")
+    args = parser.parse_args(argv)
+    if args.tokenizer == "bpe" and args.vocab_size < 257:
+        parser.error(f"--vocab-size must be at least 257 for a byte-level BPE, got {args.vocab_size}")
+    prepare(args.sources, args.out, args.tokenizer, args.vocab_size, args.workers, args.shard_tokens,
+            args.val_tokens, args.text_field, args.bpe_sample_chars)
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+if __name__ == "__main__":
+    run_cli(main)
