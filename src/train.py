@@ -206,6 +206,8 @@ def train(cfg: TrainConfig) -> LoopState:
         # 2. Model and optimizer. `model` is the model itself: evaluated, sampled and saved. `step_model` is
         # what a training step calls: the same model, compiled (--compile) and wrapped for DDP when asked.
         model = build_model(cfg, data.tokenizer.vocab_size).to(device)
+        if cfg.activation_checkpointing:  # GPT only (the parser checks): recompute each block in backward
+            model.recompute_activations = True
         optimizer = configure_optimizer(model, cfg.lr, cfg.weight_decay, device, cfg.beta2)
         compiled = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
         step_model = ddp.wrap(torch.compile(model) if compiled else model, device)

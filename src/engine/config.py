@@ -62,6 +62,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"
     compile: str = "auto"
+    activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
     peak_flops: float | None = None  # for the utilisation figure; None = measured (CPU) or looked up (GPU)
     seed: int = 1337
     cache_dir: str = str(CACHE_DIR)  # converted corpus, token files, GPT-2's tokenizer files, the CPU's peak
@@ -229,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autocast precision; auto = bf16 where the hardware has it, else float32")
     g.add_argument("--compile", choices=["auto", "on", "off"], default=d.compile,
                    help="torch.compile the training step; auto = on for CUDA, off on CPU")
+    g.add_argument("--activation-checkpointing", action="store_true",
+                   help="keep only each block's input and recompute the block in backward: activation memory for "
+                        "about a third more compute (GPT only)")
     g.add_argument("--peak-flops", type=_positive_float, default=d.peak_flops,
                    help="hardware peak FLOP/s for the utilisation figure (default: measured or looked up)")
     g.add_argument("--seed", type=int, default=d.seed, help="random seed: same seed, same run")
@@ -253,6 +257,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         parser.error(f"--d-model ({args.d_model}) must be divisible by --n-head ({args.n_head})")
     if args.min_lr is not None and args.min_lr > args.lr:
         parser.error(f"--min-lr ({args.min_lr}) must not exceed --lr ({args.lr})")
+    if args.activation_checkpointing and args.model != "gpt":
+        parser.error("--activation-checkpointing is for --model gpt (the bigram has no blocks to recompute)")
     if args.tokenizer == "bpe" and args.vocab_size < 257:
         parser.error(f"--vocab-size must be at least 257 for a byte-level BPE (256 bytes + 1), got {args.vocab_size}")
     names = {f.name for f in fields(TrainConfig)}
