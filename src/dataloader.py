@@ -429,13 +429,12 @@ class ShardLoader:
         if "loader.windows_read" not in tensors:
             raise UserError(f"{path} was saved by a run on a text file, not on the prepared folder {self.data.folder}: "
                             "resume with the same --data")
-        what = {"dataset_sha256": f"the prepared data (its manifest's dataset_sha256) of --data {self.data.folder}",
-                "block_size": "--block-size", "seed": "--seed",
-                "windows_per_step": "the windows per step (--tokens-per-step / --block-size)"}
+        what = {"dataset_sha256": f"the dataset_sha256 of --data {self.data.folder}", "block_size": "--block-size",
+                "seed": "--seed", "windows_per_step": "the windows per step (--tokens-per-step / --block-size)"}
         for key, name in what.items():
             if values.get(key) != self.identity()[key]:
-                raise UserError(f"--resume: {path} was saved with another {name} ({values.get(key)}, now "
-                                f"{self.identity()[key]}): resume with the run's data and settings")
+                raise UserError(f"--resume: {path} was saved on other data or settings: {name} was "
+                                f"{values.get(key)}, now {self.identity()[key]}; resume with the run's own")
         self.load_state_dict({"windows_read": tensors["loader.windows_read"]})
 
 

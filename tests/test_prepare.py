@@ -280,7 +280,7 @@ def test_train_streams_a_prepared_folder_and_resumes_bit_for_bit(tmp_path, run_c
     prepare([str(other)], str(tmp_path / "other"), "char", shard_tokens=2000, val_tokens=1500)
     wrong = run_cli("src/train.py", *flags, "--max-iters", "8", "--resume", "--data", str(tmp_path / "other"),
                     "--out-dir", str(tmp_path / "resumed"))
-    assert wrong.returncode != 0 and "another" in wrong.stderr and "Traceback" not in wrong.stderr
+    assert wrong.returncode != 0 and "dataset_sha256" in wrong.stderr and "Traceback" not in wrong.stderr
     text_run = run_cli("src/train.py", *tiny_train_flags, "--max-iters", "8", "--resume", "--out-dir",
                        str(tmp_path / "resumed"), "--data", str(corpus / "a000.txt"))
     assert text_run.returncode != 0 and "Traceback" not in text_run.stderr
