@@ -284,3 +284,27 @@ def test_train_streams_a_prepared_folder_and_resumes_bit_for_bit(tmp_path, run_c
     text_run = run_cli("src/train.py", *tiny_train_flags, "--max-iters", "8", "--resume", "--out-dir",
                        str(tmp_path / "resumed"), "--data", str(corpus / "a000.txt"))
     assert text_run.returncode != 0 and "Traceback" not in text_run.stderr
+
+
+def test_gpt2s_tokenizer_and_a_hugging_face_dataset_end_to_end(tmp_path, monkeypatch):
+    """--tokenizer gpt2 (GPT-2's files, here a stand-in in their layout) on an hf: source (a fake `datasets`)."""
+    from tests.test_checkpoint import write_gpt2_tokenizer_files
+    from tests.test_sources import fake_datasets
+
+    write_gpt2_tokenizer_files(tmp_path / "gpt2")
+    monkeypatch.setenv("GPT2_TOKENIZER_DIR", str(tmp_path / "gpt2"))
+    docs = documents(6)
+    monkeypatch.setitem(sys.modules, "datasets", fake_datasets(rows=[{"text": doc} for doc in docs]))
+    manifest = prepare(["hf:some/corpus:en"], str(tmp_path / "out"), "gpt2", shard_tokens=2000, val_tokens=1500)
+    tokenizer = load_tokenizer(tmp_path / "out" / "tokenizer.json")
+    assert manifest["tokenizer"]["vocab_size"] == 257 and manifest["document_prefix"] == [256]
+    both = np.concatenate([split_tokens(tmp_path / "out", "val"), split_tokens(tmp_path / "out", "train")])
+    assert both.tolist() == [t for doc in docs for t in [256, *tokenizer.encode(doc)]]
+    assert both.tolist() == [t for doc in docs for t in [256, *doc.encode("utf-8")]]  # 256 byte tokens, no merges
+
+
+def test_prepare_py_itself_imports_no_pytorch(repo_root, cli_env):
+    """Spawned workers import the main script again: src/prepare.py and what it imports must stay torch-free."""
+    check = "import sys, src.prepare; assert 'torch' not in sys.modules, 'torch imported'"
+    result = subprocess.run([sys.executable, "-c", check], cwd=repo_root, env=cli_env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
