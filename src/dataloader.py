@@ -93,7 +93,8 @@ class Data:
     tokens_per_byte: float  # ... and per byte, the one unit every tokenizer can be compared on
 
     def train_loader(self, block_size, batch_size, device="cpu", seed=0, rank=0, world_size=1, accum=1):
-        """Random training windows; each process draws from its own slice, with its own seed."""
+        """Random training windows; each process draws from its own slice, with its own seed. (`accum` is for
+        PreparedData's loader, whose processes share one order of windows: random draws need no such plan.)"""
         return BatchLoader(self.train, block_size, batch_size, device, seed=seed + rank, rank=rank,
                            world_size=world_size)
 
@@ -303,13 +304,13 @@ class PreparedData:
         return [to_batch([read_window(w) for w in group], device) for group in groups]
 
     def evaluation_batches(self, block_size: int, batch_size: int, n: int, device) -> dict[str, list]:
-        """`n` fixed batches of each split for the evaluations during training: the first full validation
-        windows, and the first windows of the first training shard (to compare train and validation loss)."""
+        """`n` fixed batches of each split for the evaluations during training: the first validation batches
+        of full windows, and the training shards' first windows in file order (to compare the two losses)."""
         if not any(w.length == block_size + 1 for w in self.validation_windows(block_size, partial=False)):
             raise UserError(f"the validation split of {self.folder} has no window of block_size + 1 = "
                             f"{block_size + 1} tokens: prepare it with a larger --val-tokens")
-        val = self.validation_batches(block_size, batch_size, device)
-        val = [b for b in val if b[0].shape[0] == batch_size or b[0].shape[1] == block_size][:n]
+        val = self.validation_batches(block_size, batch_size, device, max_batches=n)
+        val = [(x, y) for x, y in val if x.shape[1] == block_size]  # a shard's shorter last window: not here
         loader = self.train_loader(block_size, batch_size, device)
         in_file_order = [loader.window(shard, i) for shard, count in enumerate(loader.shard_windows)
                          for i in range(min(count, n * batch_size))][: n * batch_size]

@@ -14,11 +14,13 @@ core, and writes a folder that `train.py --data DIR` and `evaluate.py --data DIR
 4. routing: every document gets the document prefix (the end-of-text token) and goes whole to one split.
    The first documents go to validation until it holds `--val-tokens` (a fixed budget, not a fraction:
    10% of a 10-billion-token corpus would be a billion tokens nobody evaluates); the rest to training.
-   A BPE learned here learns from the first documents, which then count as training: validation is
-   never seen by the tokenizer;
-5. shards of about `--shard-tokens` ending on document boundaries, each written atomically, then the
-   manifest (engine/shards.py) that lists them. Interrupted (Ctrl-C, a kill), the folder keeps every
-   finished shard; the same command again continues where the manifest says it stopped, to the same bytes.
+   One document longer than the whole budget (a book in one file) gives validation its first tokens and
+   training the rest. A BPE learned here learns from the first documents, which then count as training:
+   validation is never seen by the tokenizer;
+5. shards of at most `--shard-tokens` ending on document boundaries, each written atomically, then the
+   manifest (engine/shards.py) that lists them, with the tokens still waiting for the next shard saved
+   beside it. Interrupted (Ctrl-C, a kill), the folder keeps every finished shard; the same command again
+   continues from the last one, to the same bytes.
 
 Already-tokenized llm.c / modded-nanogpt `.bin` shards (FineWeb as they distribute it) are accepted too:
 their documents are routed and sharded the same way, without tokenizing anything.
@@ -53,6 +55,7 @@ from src.engine.shards import (
     dataset_sha256,
     is_prepared,
     read_manifest,
+    read_token_file,
     sha256_file,
     shard_name,
     token_array,
@@ -87,16 +90,16 @@ def choose_tokenizer(spec: str, files: list[str], vocab_size: int, sample_chars:
             characters.update(piece.text)
         return CharTokenizer(sorted(characters | set(CharTokenizer([]).document_separator))), 0
     if spec == "bpe":
-        sample, documents, length, starts = [], 0, 0, True
+        sample, documents, length, next_piece_starts_a_document = [], 0, 0, True
         for piece in iter_pieces(files, text_field):
             if length >= sample_chars:
                 break
             sample.append(piece.text + (ENDOFTEXT if piece.ends_document else ""))
-            documents += starts  # a document of which the sample holds a part was learned from too
-            starts = piece.ends_document
+            documents += next_piece_starts_a_document  # a document the sample holds a part of was learned from
+            next_piece_starts_a_document = piece.ends_document
             length += len(piece.text)
         text = "".join(sample)
-        print(f"learning a {vocab_size}-token BPE from the first {len(text):,} characters ({documents} documents)")
+        print(f"learning a {vocab_size}-token BPE from the first {len(text):,} characters ({documents} document(s))")
         return BPETokenizer.train(text, vocab_size, special_tokens=[ENDOFTEXT], verbose=True), documents
     raise UserError(f"--tokenizer {spec!r}: choose gpt2, char, bpe or a tokenizer file PATH.json")
 
@@ -132,7 +135,8 @@ class Split:
         if starts_document:
             self.starts.append(self.pending_tokens)
             self.documents += 1
-        self.pending.append(ids)
+        if len(ids):
+            self.pending.append(ids)
         self.pending_tokens += len(ids)
         if ends_document:
             self.ends.append(self.pending_tokens)
@@ -167,17 +171,35 @@ class Split:
         self.ends = [e - count for e in self.ends if e > count]
 
     def totals(self) -> dict:
-        return {"shards": self.shards, "documents": self.documents, "characters": self.characters,
+        return {"shards": list(self.shards), "documents": self.documents, "characters": self.characters,
                 "bytes": self.bytes, "tokens": self.tokens}
 
+    def save_waiting(self, folder: Path, tag: int, dtype) -> dict:
+        """The tokens waiting for the next shard, in a file of their own (named by `tag`, so that the file
+        the manifest on disk still points to is never overwritten), and where their documents begin and end."""
+        name = f".{self.name}.waiting.{tag}.tokens"
+        tokens = np.concatenate(self.pending) if self.pending else np.zeros(0, dtype)
+        write_token_file(folder / name, tokens.astype(dtype, copy=False))
+        return {"file": name, "starts": self.starts, "ends": self.ends}
+
     @classmethod
-    def restore(cls, name: str, saved: dict, shard_tokens: int) -> Split:
-        totals = {k: saved[k] for k in ("shards", "documents", "characters", "bytes", "tokens")}
-        return cls(name, **totals, shard_tokens=shard_tokens)
+    def restore(cls, name: str, saved: dict, shard_tokens: int, folder: Path, waiting: dict | None) -> Split:
+        split = cls(name, **{k: saved[k] for k in ("shards", "documents", "characters", "bytes", "tokens")},
+                    shard_tokens=shard_tokens)
+        if waiting:
+            tokens = np.array(read_token_file(folder / waiting["file"]))
+            split.pending = [tokens] if len(tokens) else []
+            split.pending_tokens, split.starts, split.ends = len(tokens), waiting["starts"], waiting["ends"]
+        return split
 
 
 class Router:
-    """Sends each document to a split and writes the shards; its state after a shard is what a rerun needs."""
+    """Sends each document to a split and writes the shards.
+
+    After every shard it saves where it stands: the manifest (the shards so far, the pieces routed, the
+    splits' totals) and, beside it, the tokens still waiting for the next shard. A rerun restores exactly
+    that state, skips the pieces routed, and goes on as the interrupted run would have.
+    """
 
     def __init__(self, folder: Path, manifest: dict, learned_documents: int, tokenizer: Tokenizer):
         self.folder, self.manifest, self.tokenizer = folder, manifest, tokenizer
@@ -190,7 +212,9 @@ class Router:
         self.documents = progress.get("documents", 0)
         self.val_closed = progress.get("val_closed", False)
         self.learned_documents = learned_documents
-        self.splits = {name: Split.restore(name, manifest["splits"][name], settings["shard_tokens"]) for name in SPLITS}
+        waiting = progress.get("waiting", {})
+        self.splits = {name: Split.restore(name, manifest["splits"][name], settings["shard_tokens"], folder,
+                                           waiting.get(name)) for name in SPLITS}
         self.in_document = progress.get("in_document", False)  # stopped inside a document longer than a shard
         self.current = self.splits[progress["current"]] if self.in_document else None  # the document's split
         self.document_tokens = progress.get("document_tokens", 0)
@@ -202,26 +226,37 @@ class Router:
             self.current = self.split_for_next_document()
             self.documents += 1
             self.document_tokens = 0
-        val = self.splits["val"]
-        characters, size = self.measure(ids, text) if text is not None or self.current is val else (0, 0)
+        val, train = self.splits["val"], self.splits["train"]
+        # Characters and bytes count for the loss in bits per byte: always for validation, for training when
+        # the text is at hand (llm.c .bin sources are ids only).
+        if text is not None or self.current is val:
+            characters, size = self.measure(ids, text)
+        else:
+            characters, size = 0, 0
         prefix = self.prefix if starts else self.prefix[:0]
         ids = np.concatenate([prefix, ids.astype(self.dtype, copy=False)])
         self.document_tokens += len(ids)
+        shards_before = len(val.shards) + len(train.shards)
         if self.current is val and self.document_tokens > self.val_budget:
             # One document longer than the whole validation budget (a book in one file): its start validates,
             # the rest trains. The cut is between two tokens, so the document's tokens stay what they were.
-            cut = max(self.val_budget - val.tokens, len(prefix))
-            head_characters, head_bytes = self.measure(ids[len(prefix) : cut], None)
-            val.add(ids[:cut], starts, True, head_characters, head_bytes)
+            cut = max(self.val_budget - val.tokens, 0)
+            if starts and cut <= len(prefix):  # no room left for more than the prefix: all of it trains
+                cut = 0
+            if cut:
+                head_characters, head_bytes = self.measure(ids[len(prefix) if starts else 0 : cut], None)
+                val.add(ids[:cut], starts, True, head_characters, head_bytes)
+            else:
+                head_characters, head_bytes = 0, 0
             self.close_validation()
-            self.current = self.splits["train"]  # where the rest counts as a document of its own
-            self.current.add(ids[cut:], True, ends_document, max(characters - head_characters, 0),
-                             max(size - head_bytes, 0))
+            self.current = train  # where the rest counts as a document of its own
+            train.add(ids[cut:], True, ends_document, max(characters - head_characters, 0), max(size - head_bytes, 0))
         else:
             self.current.add(ids, starts, ends_document, characters, size)
         self.in_document = not ends_document
         self.pieces += 1
-        if self.current.flush_full(self.folder, self.dtype):
+        self.current.flush_full(self.folder, self.dtype)
+        if len(val.shards) + len(train.shards) > shards_before:  # a shard was written: a point to continue from
             self.save_progress()
 
     def measure(self, ids: np.ndarray, text: str | None) -> tuple[int, int]:
@@ -245,34 +280,45 @@ class Router:
         self.val_closed = True
         val = self.splits["val"]
         val.write_shard(self.folder, val.pending_tokens, self.dtype)
-        self.save_progress()
 
-    def save_progress(self, complete: bool = False) -> None:
-        """Rewrite the manifest, when no tokens are waiting for a shard: a point a rerun can continue from
-        (the pieces routed so far are skipped, and everything after them is routed the same way again)."""
-        if any(split.pending for split in self.splits.values()):
-            return
+    def save_progress(self) -> None:
+        """A point a rerun can continue from: the waiting tokens in files of their own, then the manifest (one
+        atomic write switches to the new state), then the previous waiting files are removed."""
         manifest = self.manifest
+        waiting = {name: split.save_waiting(self.folder, self.pieces, self.dtype)
+                   for name, split in self.splits.items()}
         manifest["splits"] = {name: split.totals() for name, split in self.splits.items()}
         manifest["progress"] = {"pieces": self.pieces, "documents": self.documents, "val_closed": self.val_closed,
                                 "in_document": self.in_document, "current": self.current and self.current.name,
-                                "document_tokens": self.document_tokens}
-        if complete:
-            manifest["complete"] = True
-            del manifest["progress"]
-            manifest["dataset_sha256"] = dataset_sha256(manifest)
+                                "document_tokens": self.document_tokens, "waiting": waiting}
         write_manifest(self.folder, manifest)
+        self.remove_waiting_files(keep={w["file"] for w in waiting.values()})
+
+    def remove_waiting_files(self, keep: set[str] = frozenset()) -> None:
+        for path in self.folder.glob(".*.waiting.*.tokens"):
+            if path.name not in keep:
+                path.unlink()
 
     def finish(self) -> None:
         for split in self.splits.values():
             split.write_shard(self.folder, split.pending_tokens, self.dtype)
         val, train = self.splits["val"], self.splits["train"]
+        if not val.tokens and self.learned_documents:
+            raise UserError(f"the BPE learned from all {self.learned_documents} document(s), so none is left for "
+                            "validation: lower --bpe-sample-chars, split the text into documents (several files, "
+                            "or <|endoftext|> between them), or pass a tokenizer file learned elsewhere")
         if not val.tokens:
             raise UserError("no documents were left for validation: add text, or --val-tokens to set its size")
         if not train.tokens:
             raise UserError(f"all {val.tokens:,} tokens went to validation (--val-tokens {self.val_budget:,}): "
                             "lower --val-tokens or add text")
-        self.save_progress(complete=True)
+        manifest = self.manifest
+        manifest["splits"] = {name: split.totals() for name, split in self.splits.items()}
+        manifest["complete"] = True
+        manifest.pop("progress", None)
+        manifest["dataset_sha256"] = dataset_sha256(manifest)
+        write_manifest(self.folder, manifest)
+        self.remove_waiting_files()
 
 
 # --- the whole preparation -------------------------------------------------------------------------------------
@@ -291,45 +337,51 @@ def prepare(sources: list[str], out: str, tokenizer_spec: str = "gpt2", vocab_si
     if manifest and manifest.get("complete"):
         print(f"{folder} is already prepared with these settings (delete it to prepare again)")
         return manifest
-    if manifest:  # an interrupted run: the same tokenizer, from its copy
-        tokenizer = load_tokenizer(folder / TOKENIZER_FILE)
-        learned = manifest["learned_documents"]
-        print(f"continuing the preparation in {folder} after {len(all_shards(manifest))} finished shard(s)")
-    else:
-        tokenizer, learned = choose_tokenizer(tokenizer_spec, files, vocab_size, bpe_sample_chars, text_field,
-                                              cache_dir or str(CACHE_DIR))
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / TOKENIZER_FILE, tokenizer.to_json())
-        manifest = {
-            "version": MANIFEST_VERSION, "complete": False,
-            "tokenizer": {"file": TOKENIZER_FILE, "sha256": sha256_file(folder / TOKENIZER_FILE),
-                          "kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_token_id},
-            "document_prefix": document_prefix(tokenizer),
-            "convention": "every document is preceded by document_prefix (the end-of-text token when the tokenizer "
-                          "has one) and lies whole in one split; a shard ends on a document boundary unless a "
-                          "document is longer than a shard",
-            "dtype": token_array([], tokenizer.vocab_size).dtype.name,
-            "settings": settings, "val_tokens": val_tokens, "learned_documents": learned,
-            "splits": {name: Split(name).totals() for name in SPLITS},
-        }
-        write_manifest(folder, manifest)
-    router = Router(folder, manifest, learned, tokenizer)
-    started = time.time()
     try:
+        router = start(folder, manifest, files, settings, cache_dir or str(CACHE_DIR))
+        started = time.time()
         if is_token_sources(files):
-            route_token_documents(router, files, tokenizer)
+            route_token_documents(router, files)
         else:
-            route_text(router, files, tokenizer, workers, text_field)
+            route_text(router, files, workers, text_field)
+        router.finish()
     except KeyboardInterrupt:
-        raise UserError(f"stopped: {len(all_shards(router.manifest))} finished shard(s) are kept in {folder}; "
-                        "run the same command again to continue") from None
-    router.finish()
+        saved = read_manifest(folder, complete=False) if is_prepared(folder) else {"splits": {}}
+        raise UserError(f"stopped: {len(all_shards(saved))} finished shard(s) are kept in {folder}; run the same "
+                        "command again to continue") from None
     report(router, time.time() - started)
     return router.manifest
 
 
-def route_text(router: Router, files: list[str], tokenizer: Tokenizer, workers: int, text_field: str) -> None:
+def start(folder: Path, manifest: dict | None, files: list[str], settings: dict, cache_dir: str) -> Router:
+    """The router of an interrupted run, as it stood at its last shard; or of a new one, with its tokenizer."""
+    if manifest:  # the same tokenizer, from its copy
+        print(f"continuing the preparation in {folder} after {len(all_shards(manifest))} finished shard(s)")
+        return Router(folder, manifest, manifest["learned_documents"], load_tokenizer(folder / TOKENIZER_FILE))
+    tokenizer, learned = choose_tokenizer(settings["tokenizer"], files, settings["vocab_size"],
+                                          settings["bpe_sample_chars"], settings["text_field"], cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / TOKENIZER_FILE, tokenizer.to_json())
+    manifest = {
+        "version": MANIFEST_VERSION, "complete": False,
+        "tokenizer": {"file": TOKENIZER_FILE, "sha256": sha256_file(folder / TOKENIZER_FILE),
+                      "kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_token_id},
+        "document_prefix": document_prefix(tokenizer),
+        "convention": "every document is preceded by document_prefix (the end-of-text token when the tokenizer "
+                      "has one) and lies in one split, except one longer than the validation budget, whose start "
+                      "validates and rest trains; a shard ends on a document boundary unless a document is longer "
+                      "than half a shard",
+        "dtype": token_array([], tokenizer.vocab_size).dtype.name,
+        "settings": settings, "val_tokens": settings["val_tokens"], "learned_documents": learned,
+        "splits": {name: Split(name).totals() for name in SPLITS},
+    }
+    write_manifest(folder, manifest)
+    return Router(folder, manifest, learned, tokenizer)
+
+
+def route_text(router: Router, files: list[str], workers: int, text_field: str) -> None:
     """Pieces -> tasks of about TASK_CHARS characters -> workers -> ids, routed in order."""
+    tokenizer = router.tokenizer
     # Cutting a document is safe for GPT-2's pre-tokenizer pattern (and for characters); a BPE file with
     # another pattern, or none, gets each document whole.
     cuttable = tokenizer.to_dict().get("pattern", GPT2_PATTERN) == GPT2_PATTERN
@@ -358,8 +410,9 @@ def route_text(router: Router, files: list[str], tokenizer: Tokenizer, workers: 
                 progress.update(piece.source_bytes, len(ids))
 
 
-def route_token_documents(router: Router, files: list[str], tokenizer: Tokenizer) -> None:
+def route_token_documents(router: Router, files: list[str]) -> None:
     """llm.c .bin shards: already ids. Only validation is decoded, for its bytes (bits per byte need them)."""
+    tokenizer = router.tokenizer
     eot = tokenizer.eot_token_id
     if eot is None:
         raise UserError("llm.c .bin shards need a tokenizer with an end-of-text token: --tokenizer gpt2")
@@ -383,15 +436,19 @@ class Progress:
     def update(self, source_bytes: int, tokens: int) -> None:
         self.tokens += tokens
         self.bar.update(source_bytes)
+        if time.time() - self.shown > 0.5:
+            self.show_rate()
+
+    def show_rate(self) -> None:
         now = time.time()
-        if now - self.shown > 0.5:
-            self.bar.set_postfix_str(f"{self.tokens / max(now - self.started, 1e-9):,.0f} tokens/s", refresh=False)
-            self.shown = now
+        self.bar.set_postfix_str(f"{self.tokens / max(now - self.started, 1e-9):,.0f} tokens/s", refresh=False)
+        self.shown = now
 
     def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.show_rate()  # the rate over the whole run, on the bar's last line
         self.bar.close()
 
 

@@ -87,7 +87,7 @@ class Tokenizer(ABC):
     @abstractmethod
     def from_dict(cls, data: dict) -> Tokenizer:
         """Inverse of `to_dict`; a UserError for a file that is not a valid tokenizer of this kind."""
-        raise NotImplementedError("a tokenizer file of either kind: load_tokenizer in engine/tokenizers.py")
+        raise NotImplementedError("a tokenizer file of either kind: bpe.load_tokenizer")
 
     def to_json(self) -> str:
         """`to_dict` as human-readable JSON."""

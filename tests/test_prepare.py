@@ -162,29 +162,55 @@ def test_a_bpe_learned_here_never_learns_from_validation(tmp_path):
     assert train[1 : 1 + len(first_train)].tolist() == first_train  # and training with the first learned one
 
 
-def test_an_interrupted_preparation_continues_to_the_same_bytes(tmp_path, monkeypatch):
-    corpus = write_corpus(tmp_path / "corpus", documents(20))
-    args = dict(tokenizer_spec="char", shard_tokens=800, val_tokens=600)
-    prepare([str(corpus)], str(tmp_path / "clean"), **args)
+@pytest.mark.parametrize("corpus, stop_at", [("documents", 13), ("documents", 90), ("book", 3), ("book", 12)])
+def test_an_interrupted_preparation_continues_from_its_last_shard_to_the_same_bytes(tmp_path, monkeypatch, corpus,
+                                                                                    stop_at):
+    """Ctrl-C at piece `stop_at`: the rerun restores the last saved shard's state (with the tokens that were
+    waiting), routes only the pieces after it, and ends in the bytes of an uninterrupted run. The book is one
+    document in 1,000-character pieces, longer than the validation budget, so validation is cut from it."""
+    monkeypatch.setattr(prepare_mod, "PIECE_CHARS", 1000)
+    source = tmp_path / "corpus"
+    if corpus == "book":
+        source.mkdir()
+        (source / "book.txt").write_text(make_text(30_000, seed=3), encoding="utf-8")
+        args = dict(tokenizer_spec="char", shard_tokens=4000, val_tokens=2500)
+    else:
+        write_corpus(source, documents(120))
+        args = dict(tokenizer_spec="char", shard_tokens=800, val_tokens=600)
+    prepare([str(source)], str(tmp_path / "clean"), **args)
 
-    real_add, calls = prepare_mod.Router.add, []
+    real_add, calls, stop = prepare_mod.Router.add, [], [stop_at]
 
-    def interrupted_add(self, *a, **k):
+    def counting_add(self, *a, **k):
         calls.append(1)
-        if len(calls) == 13:
+        if len(calls) == stop[0]:
             raise KeyboardInterrupt
         return real_add(self, *a, **k)
 
-    monkeypatch.setattr(prepare_mod.Router, "add", interrupted_add)
+    monkeypatch.setattr(prepare_mod.Router, "add", counting_add)
     with pytest.raises(UserError, match="run the same command again"):
-        prepare([str(corpus)], str(tmp_path / "out"), **args)
-    monkeypatch.setattr(prepare_mod.Router, "add", real_add)
+        prepare([str(source)], str(tmp_path / "out"), **args)
     partial = read_manifest(tmp_path / "out", complete=False)
-    assert not partial["complete"] and partial["progress"]["pieces"] > 0
+    assert not partial["complete"]
     with pytest.raises(UserError, match="did not finish"):
         read_manifest(tmp_path / "out")  # training refuses it
-    prepare([str(corpus)], str(tmp_path / "out"), **args)
+    saved = partial.get("progress", {}).get("pieces", 0)  # none before the first shard
+    assert stop_at - 1 - saved <= 6  # the last shard was at most a few pieces before the stop
+    calls.clear()
+    stop[0] = -1
+    prepare([str(source)], str(tmp_path / "out"), **args)
+    calls_clean = len(calls) + saved  # every piece is routed once, by one run or the other
+    calls.clear()
+    prepare([str(source)], str(tmp_path / "again"), **args)
+    assert calls_clean == len(calls)
     assert folder_digest(tmp_path / "out") == folder_digest(tmp_path / "clean")
+    assert not list((tmp_path / "out").glob(".*"))  # the waiting tokens' files are gone
+
+
+def test_a_bpe_learned_from_every_document_says_so(tmp_path):
+    (tmp_path / "book.txt").write_text(make_text(5000), encoding="utf-8")
+    with pytest.raises(UserError, match="learned from all 1 document"):
+        prepare([str(tmp_path / "book.txt")], str(tmp_path / "out"), "bpe", vocab_size=260, val_tokens=100)
 
 
 def test_a_killed_preparation_continues_to_the_same_bytes(tmp_path, repo_root, cli_env):

@@ -22,7 +22,7 @@ called from the reading path in one named call:
     sources.py      a corpus for prepare.py: .txt, .jsonl(.gz), .parquet, Hugging Face datasets, as pieces
     pool.py         tokenizing on every core: spawned workers, a bounded queue, results in order
     shards.py       a prepared folder: token files, the manifest, llm.c's .bin shards
-    tokenizers.py   tokenizer files (ours, GPT-2's) to tokenizer objects, without PyTorch
+    tokenizers.py   GPT-2's tokenizer from its released files, without PyTorch
     files.py        atomic writes, JSON, tensor files
     errors.py       one-line errors for mistakes a user can fix
 
