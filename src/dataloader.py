@@ -292,16 +292,19 @@ class PreparedData:
             windows += [Window(path, s, min(block_size + 1, n - s), self.itemsize) for s in range(0, n - 1, block_size)]
         return [w for w in windows if w.length == block_size + 1 or (partial and w.length > 1)]
 
-    def validation_batches(self, block_size: int, batch_size: int, device="cpu", max_batches: int | None = None):
-        """The validation windows as (x, y) batches, always the same ones in the same order: full windows
+    def validation_groups(self, block_size: int, batch_size: int, max_batches: int | None = None):
+        """The validation windows in batches, always the same ones in the same order: full windows
         `batch_size` at a time, then each shorter window as a batch of its own. `max_batches` keeps the first."""
         windows = self.validation_windows(block_size)
         full = [w for w in windows if w.length == block_size + 1]
         groups = [full[i : i + batch_size] for i in range(0, len(full), batch_size)]
         groups += [[w] for w in windows if w.length < block_size + 1]
-        if max_batches is not None:
-            groups = groups[:max_batches]
-        return [to_batch([read_window(w) for w in group], device) for group in groups]
+        return groups[:max_batches] if max_batches is not None else groups
+
+    def validation_batches(self, block_size: int, batch_size: int, device="cpu", max_batches: int | None = None):
+        """`validation_groups` as (x, y) batches, read one at a time: a large budget is never in memory at once."""
+        for group in self.validation_groups(block_size, batch_size, max_batches):
+            yield to_batch([read_window(w) for w in group], device)
 
     def evaluation_batches(self, block_size: int, batch_size: int, n: int, device) -> dict[str, list]:
         """`n` fixed batches of each split for the evaluations during training: the first validation batches
@@ -309,8 +312,8 @@ class PreparedData:
         if not any(w.length == block_size + 1 for w in self.validation_windows(block_size, partial=False)):
             raise UserError(f"the validation split of {self.folder} has no window of block_size + 1 = "
                             f"{block_size + 1} tokens: prepare it with a larger --val-tokens")
-        val = self.validation_batches(block_size, batch_size, device, max_batches=n)
-        val = [(x, y) for x, y in val if x.shape[1] == block_size]  # a shard's shorter last window: not here
+        val = [(x, y) for x, y in self.validation_batches(block_size, batch_size, device, max_batches=n)
+               if x.shape[1] == block_size]  # a shard's shorter last window: not here
         loader = self.train_loader(block_size, batch_size, device)
         in_file_order = [loader.window(shard, i) for shard, count in enumerate(loader.shard_windows)
                          for i in range(min(count, n * batch_size))][: n * batch_size]

@@ -98,9 +98,11 @@ def validation_metrics(model, data: PreparedData, block_size: int, batch_size: i
     Returns dict(loss, perplexity, bits_per_byte, tokens), tokens = how many predictions were scored.
     """
     total, count = 0.0, 0  # summed loss (a float64 Python number), number of targets
-    batches = data.validation_batches(block_size, batch_size, device)
+    batches = data.validation_batches(block_size, batch_size, device)  # read one at a time
+    n_batches = len(data.validation_groups(block_size, batch_size))
     with evaluating(model):
-        for x, y in tqdm(batches, desc="validation", unit="batch", disable=not progress, file=sys.stderr):
+        for x, y in tqdm(batches, total=n_batches, desc="validation", unit="batch", disable=not progress,
+                         file=sys.stderr):
             logits, _ = model(x)  # (B, T, V)
             V = logits.size(-1)
             # The sum, not the mean: batches differ in size (a shard's last window is a batch of its own).

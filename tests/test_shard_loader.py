@@ -143,8 +143,9 @@ def test_validation_scores_every_token_once_with_the_same_batches_every_time(pre
             covered[(w.path.name, i)] += 1
     expected = {(p.name, i) for p, n in zip(prepared.val_shards, prepared.val_tokens, strict=True) for i in range(1, n)}
     assert set(covered) == expected and set(covered.values()) == {1}
-    first = prepared.validation_batches(BLOCK, 4)
-    second = prepared.validation_batches(BLOCK, 4)
+    first = list(prepared.validation_batches(BLOCK, 4))
+    second = list(prepared.validation_batches(BLOCK, 4))
+    assert len(first) == len(prepared.validation_groups(BLOCK, 4)) > 1
     assert sum(x.numel() for x, _ in first) == sum(n - 1 for n in prepared.val_tokens)
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, second, strict=True))
     batches = prepared.evaluation_batches(BLOCK, 4, 3, "cpu")
