@@ -3,7 +3,7 @@
 The steps, in order (each is a few lines of `train` at the bottom of this file):
 1. data: read the text, split it 90/10 into train and validation, build a tokenizer (one token per
    character by default; `--tokenizer bpe` learns one from the training split; `gpt2` is GPT-2's) and turn
-   both splits into token ids (dataloader.py);
+   both splits into token ids (dataloader.py); or, with `--data DIR` from prepare.py, stream its shards;
 2. model: GPT-2 (model.py), or the bigram baseline (bigram.py); `--init-from gpt2` starts from OpenAI's
    weights. The optimizer is AdamW with weight decay on the matrices only;
 3. the loop: set the learning rate (warmup, then cosine decay), take a batch, compute the loss,

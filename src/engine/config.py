@@ -27,7 +27,7 @@ from src.model import default_n_head
 class TrainConfig:
     preset: str = "cpu"
     # data and output
-    data: str | None = None  # a text file or a folder of *.txt; None: data/data.txt, else Shakespeare
+    data: str | None = None  # a text, a folder of *.txt or a prepared folder; None: data/data.txt, else Shakespeare
     out_dir: str = "out"
     tokenizer: str = "char"  # "char", "bpe" (trained here on the training split) or "gpt2"
     vocab_size: int = 512  # for --tokenizer bpe
@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a named set of defaults (flags still override); --init-from implies finetune")
     g = p.add_argument_group("data and output")
     g.add_argument("--data", default=d.data,
-                   help="training text (UTF-8) or a folder of *.txt files; default: data/data.txt, else Shakespeare")
+                   help="training text (UTF-8), a folder of *.txt files, or a folder prepare.py wrote (streamed); "
+                        "default: data/data.txt, else Shakespeare")
     g.add_argument("--out-dir", default=d.out_dir, help="checkpoint, metrics.jsonl and loss.png go here")
     g.add_argument("--tokenizer", choices=["char", "bpe", "gpt2"], default=d.tokenizer,
                    help="char: one token per character; bpe: byte-level BPE trained on your text; gpt2: GPT-2's")
