@@ -52,7 +52,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python src/evaluate.py`: make the `src` package importable
@@ -69,23 +68,12 @@ from src.engine.perf import bits
 from src.engine.precision import resolve_device
 from src.engine.shards import is_prepared
 from src.engine.stages import list_stages, load_stage
+from src.pictures import evaluating  # the model in eval mode, without autograd, put back afterwards
 from src.tokenizer import Tokenizer
 
 N_ENDINGS = 4  # every HellaSwag example has four endings
 REFERENCE = ("build-nanogpt's hellaswag.py, GPT-2 124M, 10,042 validation examples: "
              "accuracy 0.2859, normalised accuracy 0.2955")
-
-
-@contextmanager
-def evaluating(model):
-    """The model in eval mode (no dropout) with no autograd, put back as it was afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
 
 
 # --- loss on the validation split ----------------------------------------------------------------------------
