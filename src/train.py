@@ -197,7 +197,7 @@ def train(cfg: TrainConfig) -> LoopState:
         np.random.seed(cfg.seed)
 
         # 1. Data: text -> tokenizer -> train/val token ids -> batches (or shards that prepare.py wrote).
-        data = load_data(cfg, verbose=ddp.is_main)
+        data = ddp.together(lambda: load_data(cfg, verbose=ddp.is_main))  # if one process cannot, none goes on
         accum = cfg.micro_batches_per_step(ddp.world_size)  # gradient accumulation, from --tokens-per-step
         train_loader = data.train_loader(cfg.block_size, cfg.batch_size, device, seed=cfg.seed, rank=ddp.rank,
                                          world_size=ddp.world_size, accum=accum)  # each process its own windows

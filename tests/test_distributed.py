@@ -25,6 +25,7 @@ from src.dataloader import BatchLoader, prepare_data
 from src.engine.checkpoint import load_pretrained, read_training
 from src.engine.config import parse_args
 from src.engine.distributed import Distributed
+from src.engine.errors import UserError
 from src.engine.resume import STATE_FILE
 from src.train import configure_optimizer, lr_at
 
@@ -194,3 +195,29 @@ def test_world_size_is_part_of_the_accumulation_arithmetic(run_cli, tmp_path, dd
                    "--data", data, "--out-dir", tmp_path / "out", timeout=180)
     assert proc.returncode != 0
     assert "is not a multiple of batch_size x block_size x processes = 128" in proc.stderr + proc.stdout
+
+
+class TwoProcesses(Distributed):
+    """Rank 0 of two, where the other process's answer to `any` is given: no process group needed."""
+
+    def __init__(self, other_failed: bool):
+        super().__init__(rank=0, local_rank=0, world_size=2)
+        self.other_failed = other_failed
+
+    def any(self, flag: bool) -> bool:
+        return flag or self.other_failed
+
+
+def test_an_error_on_one_process_stops_every_process():
+    """A data folder missing on one machine: its processes raise, and so do the others, instead of waiting in
+    the next collective call for processes that have left."""
+    assert TwoProcesses(other_failed=False).together(lambda: 42) == 42
+    with pytest.raises(UserError, match="another training process stopped"):
+        TwoProcesses(other_failed=True).together(lambda: 42)
+
+    def fails():
+        raise UserError("data file not found: x.txt")
+
+    with pytest.raises(UserError, match="data file not found"):
+        TwoProcesses(other_failed=False).together(fails)
+    assert Distributed().together(lambda: "one process") == "one process"

@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+
+from src.engine.errors import UserError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -101,6 +106,19 @@ class Distributed:
         if not self.enabled:
             return flag
         return bool(self._reduce(torch.tensor([1.0 if flag else 0.0]), dist.ReduceOp.MAX).item())
+
+    def together(self, work: Callable[[], T]) -> T:
+        """`work()` on every process, failing on all of them if it fails (a UserError) on any: a process that
+        could not read its data (a folder missing on one machine) must not leave the others waiting for it in
+        the next collective call until the timeout."""
+        error = None
+        try:
+            result = work()
+        except UserError as err:
+            error = err
+        if self.any(error is not None):
+            raise error or UserError("another training process stopped with an error (its message is above)")
+        return result
 
     def gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Every process's copy of a same-shaped tensor, as a list in rank order (used to save each
