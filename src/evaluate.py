@@ -62,12 +62,11 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from src.dataloader import PreparedData
-from src.engine.checkpoint import load_pretrained
 from src.engine.errors import ArgumentParser, UserError, run_cli
 from src.engine.perf import bits
 from src.engine.precision import resolve_device
 from src.engine.shards import is_prepared
-from src.engine.stages import list_stages, load_stage
+from src.engine.stages import load_described
 from src.pictures import evaluating  # the model in eval mode, without autograd, put back afterwards
 from src.tokenizer import Tokenizer
 
@@ -275,18 +274,6 @@ def check_args(parser: ArgumentParser, args) -> None:
         raise UserError(f"{args.data} is not a folder written by prepare.py (it has no manifest.json)")
 
 
-def load(out_dir: str, stage: str) -> tuple[torch.nn.Module, Tokenizer, str]:
-    """(model, tokenizer, which model it is, in words) of a stage of a run, or a released GPT-2 by name."""
-    if not Path(out_dir).is_dir():
-        if stage == ".":  # a released GPT-2 by name, or a one-line error for a missing folder
-            model, tokenizer = load_pretrained(out_dir)
-            return model, tokenizer, str(out_dir)
-        raise UserError(f"no output folder at {out_dir} (train one with: python src/train.py --out-dir {out_dir})")
-    model, tokenizer = load_stage(out_dir, stage)
-    label = next((s.label for s in list_stages(out_dir) if s.name == stage), stage)
-    return model, tokenizer, f"{out_dir}: {label}"
-
-
 def print_table(title: str, rows: list[tuple[str, str]]) -> None:
     print(title)
     width = max(len(name) for name, _ in rows)
@@ -301,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
     examples = read_hellaswag(args.hellaswag)[: args.limit] if args.hellaswag is not None else None
     data = PreparedData(args.data) if args.data is not None else None
     device = resolve_device(args.device)
-    model, tokenizer, where = load(args.out_dir, args.stage)
+    model, tokenizer, where = load_described(args.out_dir, args.stage)
     model.to(device).eval()
     results = {}
     if data is not None:

@@ -45,7 +45,6 @@ if __package__ in (None, ""):  # run as `python src/pictures.py`: make the `src`
 import torch
 from torch.nn import functional as F
 
-from src.engine.checkpoint import load_pretrained
 from src.engine.drawing import (
     draw_attention,
     draw_embeddings,
@@ -57,7 +56,7 @@ from src.engine.drawing import (
     token_label,
 )
 from src.engine.errors import ArgumentParser, UserError, run_cli
-from src.engine.stages import list_stages, load_stage
+from src.engine.stages import load_described
 from src.tokenizer import Tokenizer
 
 DEFAULT_PROMPT = "ROMEO:\nBut soft, what light"  # 27 characters of the default corpus: short enough to label
@@ -324,18 +323,6 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def load(out_dir: str, stage: str) -> tuple[torch.nn.Module, Tokenizer, str]:
-    """(model, tokenizer, which model it is, in words) of a stage of a run."""
-    if not Path(out_dir).is_dir():
-        if stage == ".":  # a released GPT-2 by name, or a one-line error for a missing folder
-            model, tokenizer = load_pretrained(out_dir)
-            return model, tokenizer, str(out_dir)
-        raise UserError(f"no output folder at {out_dir} (train one with: python src/train.py --out-dir {out_dir})")
-    model, tokenizer = load_stage(out_dir, stage)
-    label = next((s.label for s in list_stages(out_dir) if s.name == stage), stage)
-    return model, tokenizer, f"{out_dir}: {label}"
-
-
 def prompt_ids(tokenizer: Tokenizer, prompt: str | None) -> tuple[str, list[int]]:
     """(the prompt, its ids): the default prompt when none is given; a one-line error for one the model cannot
     read or that has no tokens."""
@@ -354,7 +341,7 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str | None) -> tuple[str, list[int]
 
 def main(argv: list[str] | None = None) -> list[Path]:
     args = build_parser().parse_args(argv)
-    model, tokenizer, where = load(args.out_dir, args.stage)
+    model, tokenizer, where = load_described(args.out_dir, args.stage)
     text, ids = prompt_ids(tokenizer, args.prompt)
     resolve_position(args.position, len(ids))  # a bad --position fails before any picture is written
     folder = Path(args.to) if args.to is not None else Path(args.out_dir) / "pictures"

@@ -376,7 +376,7 @@ def test_block_size_override_a_stage_and_the_released_name_path(run_data, monkey
         asked.append(name)
         raise UserError("offline")
 
-    monkeypatch.setattr("src.evaluate.load_pretrained", offline)
+    monkeypatch.setattr("src.engine.stages.load_pretrained", offline)
     with pytest.raises(UserError, match="offline"):
         main(["--out-dir", "gpt2", "--hellaswag", str(root / "hs.jsonl")])
     assert asked == ["gpt2"]  # not a folder here: a released GPT-2 by name

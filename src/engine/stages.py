@@ -64,6 +64,19 @@ def stage_path(out_dir: str | os.PathLike, name: str) -> Path:
     return target
 
 
+def load_described(out_dir: str, name: str) -> tuple[torch.nn.Module, Tokenizer, str]:
+    """(model, tokenizer, which model it is, in words) of a stage of a run, or, for the stage "." of a path
+    that is no folder, a released GPT-2 by name ("gpt2"). The commands that look at a model start here."""
+    if not Path(out_dir).is_dir():
+        if name == ".":  # a released GPT-2 by name, or a one-line error for a missing folder
+            model, tokenizer = load_pretrained(out_dir)
+            return model, tokenizer, str(out_dir)
+        raise UserError(f"no output folder at {out_dir} (train one with: python src/train.py --out-dir {out_dir})")
+    model, tokenizer = load_stage(out_dir, name)
+    label = next((s.label for s in list_stages(out_dir) if s.name == name), name)
+    return model, tokenizer, f"{out_dir}: {label}"
+
+
 def load_stage(out_dir: str | os.PathLike, name: str) -> tuple[torch.nn.Module, Tokenizer]:
     """(model, tokenizer) of the stage `name` under `out_dir`."""
     target = stage_path(out_dir, name)
