@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from src.bpe import ENDOFTEXT, GPT2_PATTERN, BPETokenizer, load_tokenizer
 from src.engine.corpus import CACHE_DIR
-from src.engine.errors import ArgumentParser, UserError, run_cli
+from src.engine.errors import ArgumentParser, UserError, positive_int, run_cli
 from src.engine.files import atomic_write_text
 from src.engine.pool import ordered_map
 from src.engine.shards import (
@@ -482,13 +482,6 @@ def report(router: Router, seconds: float) -> None:
 
 
 # --- the command line ---------------------------------------------------------------------------------------
-
-
-def positive_int(text: str) -> int:
-    value = int(text.replace("_", ""))
-    if value < 1:
-        raise ValueError(text)
-    return value
 
 
 def main(argv: list[str] | None = None) -> None:

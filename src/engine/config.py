@@ -18,7 +18,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from src.engine.corpus import CACHE_DIR
-from src.engine.errors import ArgumentParser, UserError
+from src.engine.errors import ArgumentParser, UserError, positive_int, whole_number
 from src.engine.snapshots import DEFAULT_MAX_PARAMS
 from src.model import default_n_head
 
@@ -123,22 +123,8 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def _integer(text: str, low: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    return _integer(text, 1)
-
-
 def _non_negative_int(text: str) -> int:
-    return _integer(text, 0)
+    return whole_number(text, 0)
 
 
 def _finite(text: str) -> float:
@@ -189,21 +175,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out-dir", default=d.out_dir, help="checkpoint, metrics.jsonl and loss.png go here")
     g.add_argument("--tokenizer", choices=["char", "bpe", "gpt2"], default=d.tokenizer,
                    help="char: one token per character; bpe: byte-level BPE trained on your text; gpt2: GPT-2's")
-    g.add_argument("--vocab-size", type=_positive_int, default=d.vocab_size, help="vocabulary size for --tokenizer bpe")
+    g.add_argument("--vocab-size", type=positive_int, default=d.vocab_size, help="vocabulary size for --tokenizer bpe")
     g.add_argument("--init-from", default=d.init_from,
                    help="fine-tune: gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a checkpoint folder")
     g.add_argument("--resume", action="store_true", help="continue the run saved in --out-dir exactly where it stopped")
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=["gpt", "bigram"], default=d.model, help="GPT-2 or the bigram baseline")
-    g.add_argument("--n-layer", type=_positive_int, default=d.n_layer, help="number of transformer blocks")
-    g.add_argument("--n-head", type=_positive_int, default=None,
+    g.add_argument("--n-layer", type=positive_int, default=d.n_layer, help="number of transformer blocks")
+    g.add_argument("--n-head", type=positive_int, default=None,
                    help="attention heads per block (default: head size 64 where --d-model allows)")
-    g.add_argument("--d-model", type=_positive_int, default=d.d_model, help="embedding width (divisible by n_head)")
-    g.add_argument("--block-size", type=_positive_int, default=d.block_size, help="context length in tokens")
+    g.add_argument("--d-model", type=positive_int, default=d.d_model, help="embedding width (divisible by n_head)")
+    g.add_argument("--block-size", type=positive_int, default=d.block_size, help="context length in tokens")
     g.add_argument("--dropout", type=_probability, default=d.dropout, help="dropout probability while training")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="sequences per micro-batch")
-    g.add_argument("--tokens-per-step", type=_positive_int, default=d.tokens_per_step,
+    g.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="sequences per micro-batch")
+    g.add_argument("--tokens-per-step", type=positive_int, default=d.tokens_per_step,
                    help="tokens per optimizer step, reached by gradient accumulation (default: one micro-batch)")
     g.add_argument("--lr", type=_positive_float, default=d.lr, help="peak learning rate (AdamW)")
     g.add_argument("--min-lr", type=_non_negative_float, default=d.min_lr, help="final LR (default lr/10)")
@@ -211,16 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=_non_negative_float, default=d.weight_decay, help="AdamW decay (2-D weights)")
     g.add_argument("--beta2", type=_probability, default=d.beta2, help="AdamW beta2")
     g.add_argument("--grad-clip", type=_non_negative_float, default=d.grad_clip, help="max gradient norm (0 = off)")
-    g.add_argument("--max-iters", type=_positive_int, default=d.max_iters, help="optimizer steps")
+    g.add_argument("--max-iters", type=positive_int, default=d.max_iters, help="optimizer steps")
     g.add_argument("--max-seconds", type=_positive_float, default=d.max_seconds,
                    help="training-time budget in seconds (evaluations included): stop when it is used up, with the "
                         "cosine decay stretched or shrunk to end there")
-    g.add_argument("--max-bad-steps", type=_positive_int, default=d.max_bad_steps,
+    g.add_argument("--max-bad-steps", type=positive_int, default=d.max_bad_steps,
                    help="stop after this many non-finite losses/gradients in a row")
     g = p.add_argument_group("evaluation and logging")
-    g.add_argument("--eval-interval", type=_positive_int, default=d.eval_interval, help="steps between evaluations")
-    g.add_argument("--eval-iters", type=_positive_int, default=d.eval_iters, help="batches per evaluation")
-    g.add_argument("--log-interval", type=_positive_int, default=d.log_interval, help="steps between log rows")
+    g.add_argument("--eval-interval", type=positive_int, default=d.eval_interval, help="steps between evaluations")
+    g.add_argument("--eval-iters", type=positive_int, default=d.eval_iters, help="batches per evaluation")
+    g.add_argument("--log-interval", type=positive_int, default=d.log_interval, help="steps between log rows")
     g.add_argument("--sample-tokens", type=_non_negative_int, default=d.sample_tokens, help="sample length at the end")
     g.add_argument("--snapshot-max-params", type=_non_negative_int, default=d.snapshot_max_params,
                    help="keep the weights of every evaluation in out-dir/snapshots/ for models up to this many "

@@ -34,6 +34,21 @@ def run_cli(main: Callable[[], None]) -> None:
         sys.exit(1)
 
 
+def whole_number(text: str, low: int) -> int:
+    """An argparse type: a whole number >= `low` (`100_000_000` is fine), else a one-line usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return whole_number(text, 1)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line: `error: argument --lr: must be > 0, got -1 (see --help)`."""
 
