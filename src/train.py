@@ -41,6 +41,7 @@ from src.engine.config import TrainConfig, parse_args
 from src.engine.distributed import Distributed
 from src.engine.errors import UserError, run_cli
 from src.engine.metrics import TrainingLog
+from src.engine.muon import Muon, muon_groups
 from src.engine.precision import Precision
 from src.engine.resume import STATE_FILE, LoopState, StopRequest, TimeBudget, load_state, save_run
 from src.engine.shards import is_prepared
@@ -89,13 +90,17 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
 
 
 def configure_optimizer(
-    model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device, beta2: float = 0.95
-) -> torch.optim.AdamW:
+    model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device, beta2: float = 0.95,
+    kind: str = "adamw", muon_lr: float = 0.02,
+) -> torch.optim.Optimizer:
     """AdamW with two parameter groups: >=2-D tensors decay, 1-D tensors (biases, LayerNorm) do not.
 
     Weight decay pulls weights towards zero, which regularises the large matrices (Linear weights,
     embeddings). Biases and LayerNorm gains are 1-D: decaying them only hurts, so they get none.
+    kind="muon": Muon (at `muon_lr`) for the blocks' matrices instead, AdamW for the rest (engine/muon.py).
     """
+    if kind == "muon":
+        return Muon(muon_groups(model, lr, muon_lr, weight_decay), lr=lr, betas=(0.9, beta2))
     params = [p for p in model.parameters() if p.requires_grad]  # a tied tensor appears once
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
@@ -208,7 +213,8 @@ def train(cfg: TrainConfig) -> LoopState:
         model = build_model(cfg, data.tokenizer.vocab_size).to(device)
         if cfg.activation_checkpointing:  # GPT only (the parser checks): recompute each block in backward
             model.recompute_activations = True
-        optimizer = configure_optimizer(model, cfg.lr, cfg.weight_decay, device, cfg.beta2)
+        optimizer = configure_optimizer(model, cfg.lr, cfg.weight_decay, device, cfg.beta2, cfg.optimizer,
+                                        cfg.muon_lr)
         compiled = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
         step_model = ddp.wrap(torch.compile(model) if compiled else model, device)
 
@@ -239,7 +245,7 @@ def train(cfg: TrainConfig) -> LoopState:
             for step in range(state.step + 1, cfg.max_iters + 1):
                 lr = lr_at(step - 1, cfg.lr, cfg.final_min_lr, cfg.warmup_iters, budget.decay_iters)  # 0-based
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's matrices: their own peak
                 loss_mean, grad_norm, healthy = train_step(step_model, optimizer, train_loader, accum, precision,
                                                            ddp, cfg.grad_clip)
                 state.record_step(step, healthy)

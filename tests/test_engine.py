@@ -117,12 +117,13 @@ def sigterm_during_step(step: int, accum: int = 1):
 # --- resume is bitwise exact ----------------------------------------------------------------------------------
 
 
-def test_resume_is_bitwise_exact(engine, tmp_path, capsys):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_is_bitwise_exact(engine, tmp_path, capsys, optimizer):
     """N steps straight == stop at step k (SIGTERM) + --resume to N: same losses, lr, gradient norms, weights,
     optimizer and random-generator state, bit for bit. Dropout > 0 makes the RNG restore matter, the LR
     changes at every step (warmup 2, cosine to 12), and 2 micro-batches per step exercise accumulation."""
     flags = ["--max-iters", "12", "--eval-interval", "4", "--warmup-iters", "2", "--dropout", "0.1",
-             "--lr", "3e-3", "--tokens-per-step", "128"]  # 128 = 2 x (4 x 16): two micro-batches per step
+             "--lr", "3e-3", "--tokens-per-step", "128", "--optimizer", optimizer]  # 128 = 2 x (4 x 16)
     straight_dir = tmp_path / "straight"
     straight = engine(straight_dir, *flags)
     expected = repeatable(rows(straight_dir))

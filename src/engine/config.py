@@ -43,7 +43,9 @@ class TrainConfig:
     # optimisation
     batch_size: int = 16  # sequences per micro-batch, per process
     tokens_per_step: int | None = None  # tokens per optimizer step; None = one micro-batch per process
+    optimizer: str = "adamw"  # "adamw", or "muon" (Muon for the blocks' matrices, AdamW for the rest)
     lr: float = 1e-3  # peak learning rate of AdamW
+    muon_lr: float = 0.02  # peak learning rate of Muon (--optimizer muon)
     min_lr: float | None = None  # end of the cosine decay; None = lr / 10
     warmup_iters: int = 100
     weight_decay: float = 0.1
@@ -90,7 +92,9 @@ class TrainConfig:
 
 # The settings that decide the shapes of the weights (and the tokens they mean): a resumed run must have
 # the same ones as the run it continues. Everything else (learning rate, --max-iters, logging) may change.
-SHAPE_SETTINGS = ("model", "n_layer", "n_head", "d_model", "block_size", "tokenizer", "vocab_size", "init_from")
+# The optimizer too: its saved state has another form for each.
+SHAPE_SETTINGS = ("model", "n_layer", "n_head", "d_model", "block_size", "tokenizer", "vocab_size", "init_from",
+                  "optimizer")
 
 # Named sets of defaults. Each one is a complete recipe; command-line flags override single values.
 PRESETS: dict[str, dict] = {
@@ -191,7 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="sequences per micro-batch")
     g.add_argument("--tokens-per-step", type=positive_int, default=d.tokens_per_step,
                    help="tokens per optimizer step, reached by gradient accumulation (default: one micro-batch)")
+    g.add_argument("--optimizer", choices=["adamw", "muon"], default=d.optimizer,
+                   help="adamw; or muon: orthogonalised momentum for the blocks' matrices, AdamW for embeddings, "
+                        "biases and gains (src/engine/muon.py)")
     g.add_argument("--lr", type=_positive_float, default=d.lr, help="peak learning rate (AdamW)")
+    g.add_argument("--muon-lr", type=_positive_float, default=d.muon_lr, help="peak learning rate of Muon")
     g.add_argument("--min-lr", type=_non_negative_float, default=d.min_lr, help="final LR (default lr/10)")
     g.add_argument("--warmup-iters", type=_non_negative_int, default=d.warmup_iters, help="linear LR warmup steps")
     g.add_argument("--weight-decay", type=_non_negative_float, default=d.weight_decay, help="AdamW decay (2-D weights)")

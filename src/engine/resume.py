@@ -286,7 +286,7 @@ def _check_same_run(path: Path, saved: dict | None, config: dict | None) -> None
         if setting in saved and saved[setting] != config.get(setting):
             raise UserError(
                 f"--resume: the run saved in {path.parent} used {_flag(setting)} {saved[setting]}, this command "
-                f"{_flag(setting)} {config.get(setting)}; resume with the saved run's model flags "
+                f"{_flag(setting)} {config.get(setting)}; resume with the saved run's flags "
                 f"(or start a new run in another --out-dir)"
             )
 
