@@ -163,14 +163,14 @@ def evaluate(model, eval_batches: dict, autocast_ctx, ddp: Distributed) -> tuple
 def estimate_loss(model, batches, autocast_ctx, ddp: Distributed) -> float:
     """Mean loss over fixed batches, in eval mode (dropout off); each process takes its share of them."""
     model.eval()
-    total, count = torch.zeros(()), torch.zeros(())
-    for x, y in batches[ddp.rank :: ddp.world_size]:
+    mine = batches[ddp.rank :: ddp.world_size]
+    total = torch.zeros((), device=mine[0][0].device if mine else "cpu")  # summed where the model runs:
+    for x, y in mine:                                                       # no wait for a GPU per batch
         with autocast_ctx:
             _, loss = model(x, y)
-        total += loss.float().cpu()
-        count += 1
+        total += loss.float()
     model.train()
-    return (ddp.sum(total) / ddp.sum(count)).item()
+    return (ddp.sum(total.cpu()) / ddp.sum(torch.tensor(float(len(mine))))).item()
 
 
 def print_samples(model, tokenizer, prompts, cfg: TrainConfig, title: str) -> None:

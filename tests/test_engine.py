@@ -470,7 +470,7 @@ def test_gpt2_124m_preset():
 def test_defaults_are_the_cpu_preset_and_every_preset_parses():
     assert TrainConfig().n_head == 4  # derived from d_model: 256 -> 4 heads of 64
     assert TrainConfig(d_model=384).n_head == 6 and parse_args(["--d-model", "384"]).n_head == 6
-    assert parse_args([]) == TrainConfig()
+    assert parse_args([]) == TrainConfig(**PRESETS["cpu"])  # TrainConfig() itself: 2,000 steps, no time budget
     for name, values in PRESETS.items():
         cfg = parse_args(["--preset", name])
         for key, value in values.items():
@@ -669,3 +669,38 @@ def test_a_time_budget_ends_the_run_with_the_learning_rate_decayed(engine, tmp_p
     assert json.loads((out / "training.json").read_text())["step"] == last  # and saved there
     assert train_rows[-1]["lr"] < 0.2 * 1e-2  # decayed: a fixed schedule would still be at the peak here
     assert max(r["lr"] for r in train_rows) > 0.5 * 1e-2  # the peak was reached on the way
+
+
+def test_the_default_run_has_a_time_budget_and_an_explicit_max_iters_turns_it_off():
+    """`python src/train.py` trains for 8 minutes on any machine; `--max-iters N` is exactly N steps (the same
+    run step for step anywhere) unless --max-seconds is given too; --max-seconds 0 means no budget."""
+    assert (parse_args([]).max_seconds, parse_args([]).max_iters) == (480.0, 5000)
+    assert parse_args(["--max-iters", "300"]).max_seconds is None
+    assert parse_args(["--max-iters=300"]).max_seconds is None
+    assert parse_args(["--max-iters", "300", "--max-seconds", "60"]).max_seconds == 60.0
+    assert parse_args(["--max-seconds", "0"]).max_seconds is None
+    assert parse_args(["--preset", "quality-300s"]).max_seconds == 300.0
+    assert parse_args(["--preset", "quality-300s", "--max-iters", "50"]).max_seconds is None
+
+
+@pytest.mark.parametrize("budget", [True, False])
+def test_the_run_says_at_the_start_how_long_it_will_take(engine, tmp_path, capsys, budget):
+    flags = ["--max-seconds", "2", "--max-iters", "1000000"] if budget else ["--max-iters", "6"]
+    engine(tmp_path / "out", *flags, "--log-interval", "2", "--eval-interval", "1000000")
+    printed = capsys.readouterr().out
+    if budget:
+        assert "training for 2 s (--max-seconds; at most 1,000,000 steps)" in printed
+        assert "--max-iters N runs exactly N steps instead" in printed
+        assert re.search(r"[\d,]+ tokens/s: about [\d,]+ steps fit into 2 s", printed), printed
+    else:
+        assert "training for 6 steps (how long: after the first 2 steps)" in printed
+        assert re.search(r"[\d,]+ tokens/s: 6 steps take about \d+ s", printed), printed
+
+
+def test_gpu_peaks_prefer_the_most_specific_name(monkeypatch):
+    from src.engine import perf
+
+    for name, bf16 in [("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H200 NVL", 835e12),
+                       ("NVIDIA H200", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12)]:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device, n=name: n)
+        assert perf.peak_flops(torch.device("cuda"), torch.bfloat16, "unused")[0] == bf16, name

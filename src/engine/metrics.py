@@ -107,6 +107,12 @@ def overfitting_start(evals: list[dict], tolerance: float = 0.01) -> dict | None
     return None
 
 
+def duration(seconds: float) -> str:
+    """480 -> '8 min 0 s', 42.4 -> '42 s'."""
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
+
+
 def _steps_per_token(rows: list[dict]) -> float | None:
     """Steps per token of the run (constant: every step trains on the same number of tokens)."""
     last = next((r for r in reversed(rows) if r.get("step") and r.get("tokens")), None)
@@ -128,7 +134,7 @@ class TrainingLog:
             return
         self.peak, peak_source = peak_flops(precision.device, precision.dtype, cfg.cache_dir, cfg.peak_flops)
         self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", resume=cfg.resume, keep_until=start_step)
-        self.max_iters = cfg.max_iters
+        self.max_iters = self.bar_total = cfg.max_iters  # the bar's length: with a time budget, the steps that fit
         self.bar = None  # made at the first step, so that what is printed before stays clear of it
         self.bar_step = self.window_step = start_step
         self.window_start = time.time()
@@ -136,8 +142,15 @@ class TrainingLog:
         self.say(f"device: {precision.device}, precision: {precision.reason}, {torch.get_num_threads()} CPU threads, "
                  f"{ddp.world_size} process(es), torch.compile {'on' if compiled else 'off'}")
         self.say(f"model: {cfg.init_from or cfg.model}, {describe(model.num_params())}")
+        self.max_seconds, self.forecast_due = cfg.max_seconds, True
         self.say(f"{self.tokens_per_step:,} tokens per step = {cfg.batch_size} x {cfg.block_size} tokens x {accum} "
-                 f"micro-batches x {ddp.world_size} process(es); {cfg.max_iters} steps")
+                 f"micro-batches x {ddp.world_size} process(es)")
+        if self.max_seconds:
+            self.say(f"training for {duration(self.max_seconds)} (--max-seconds; at most {cfg.max_iters:,} steps): "
+                     "how many steps fit depends on this machine's speed; --max-iters N runs exactly N steps instead, "
+                     "the same run on any machine")
+        else:
+            self.say(f"training for {cfg.max_iters:,} steps (how long: after the first {cfg.log_interval} steps)")
         if self.peak:
             self.say(f"peak {self.peak / 1e9:,.0f} GFLOP/s ({peak_source}); "
                      f"model {self.flops_per_token / 1e6:,.1f} MFLOP per token")
@@ -149,7 +162,7 @@ class TrainingLog:
 
     def _advance(self, step: int) -> None:
         if self.bar is None:
-            self.bar = tqdm(total=self.max_iters, initial=self.bar_step, desc="training", unit="step",
+            self.bar = tqdm(total=self.bar_total, initial=self.bar_step, desc="training", unit="step",
                             dynamic_ncols=True, disable=None)  # disable=None: a live bar only in a terminal
         self.bar.update(step - self.bar_step)
         self.bar_step = step
@@ -167,8 +180,22 @@ class TrainingLog:
         if self.peak:
             row["mfu"] = self.flops_per_token * tokens_per_s / self.peak
         self.metrics.log(event="train", **row)
+        if self.forecast_due:
+            self._forecast(step, tokens_per_s)
         self._advance(step)
         self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+
+    def _forecast(self, step: int, tokens_per_s: float) -> None:
+        """Once, after the first steps: how long training will take at the speed measured so far."""
+        self.forecast_due = False
+        seconds_per_step = self.tokens_per_step / tokens_per_s
+        if self.max_seconds:
+            steps = self.bar_total = min(self.max_iters, int(self.max_seconds / seconds_per_step))
+            self.say(f"{tokens_per_s:,.0f} tokens/s: about {steps:,} steps fit into {duration(self.max_seconds)}")
+        else:
+            left = (self.max_iters - step) * seconds_per_step
+            self.say(f"{tokens_per_s:,.0f} tokens/s: {self.max_iters:,} steps take about "
+                     f"{duration(left + time.time() - self.started)} (evaluations add a little)")
 
     def eval(self, state) -> None:
         """An evaluation row and line (the clock for tokens/s restarts: it measures training, not this)."""

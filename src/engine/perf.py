@@ -62,9 +62,13 @@ def bits(loss_nats: float, tokens_per_unit: float) -> float:
 
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) from the data sheets; fp32 peaks use TF32 where it exists.
+# The first name found in the card's name wins: the PCIe and NVL variants come before their SXM siblings.
 GPU_PEAKS = {
+    "H200 NVL": {"bf16": 835e12, "fp32": 418e12},
     "H200": {"bf16": 989e12, "fp32": 495e12},
-    "H100": {"bf16": 989e12, "fp32": 495e12},  # SXM; the PCIe card is ~25% lower
+    "H100 PCIe": {"bf16": 756e12, "fp32": 378e12},
+    "H100 NVL": {"bf16": 835e12, "fp32": 418e12},
+    "H100": {"bf16": 989e12, "fp32": 495e12},  # SXM
     "A100": {"bf16": 312e12, "fp32": 156e12},
     "A10G": {"bf16": 70e12, "fp32": 35e12},
     "L40S": {"bf16": 362e12, "fp32": 183e12},

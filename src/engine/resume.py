@@ -265,7 +265,8 @@ def load_state(
     _check_same_shapes(path, weights, model)
     device = next(model.parameters()).device
     model.load_state_dict(weights, strict=False)  # strict=False: lm_head is tied to wte
-    optimizer.load_state_dict(_unflatten_optimizer({k: v.to(device) for k, v in tensors.items()}, meta["optimizer"]))
+    optim = {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")}  # only these go to the GPU
+    optimizer.load_state_dict(_unflatten_optimizer(optim, meta["optimizer"]))
     if meta["scaler"] is not None:
         scaler.load_state_dict(meta["scaler"])
     loader.restore({k: v for k, v in tensors.items() if k.startswith("loader.")}, meta.get("loader") or {}, path,
