@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -64,7 +63,7 @@ from src.engine.checkpoint import save_checkpoint  # noqa: E402
 from src.engine.config import TrainConfig, parse_args  # noqa: E402
 from src.engine.corpus import CACHE_DIR  # noqa: E402
 from src.engine.distributed import Distributed  # noqa: E402
-from src.engine.perf import cpu_peaks  # noqa: E402
+from src.engine.perf import cpu_description, cpu_peaks  # noqa: E402
 from src.engine.precision import Precision  # noqa: E402
 from src.tokenizer import CharTokenizer  # noqa: E402
 from src.train import build_model, configure_optimizer, estimate_loss, train_step  # noqa: E402
@@ -216,20 +215,6 @@ def goal_line(shape: str, rows: dict, peaks: dict) -> str:
         parts.append("ours bf16 not measured" + (" (the goal needs it: add bfloat16 to --dtypes)" if goal else ""))
     parts.append(f"ours fp32 = {hf_fp32.median / rows['ours', shape, 'float32'].median:.2f}x HF fp32")
     return f"{shape} shape: " + "; ".join(parts)
-
-
-def cpu_description() -> str:
-    """'AMD EPYC (avx2, no avx512_bf16, no amx_bf16)': the processor, and whether it has bf16 instructions,
-    which decide whether bf16 autocast is several times faster than float32 or many times slower."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text(errors="replace").splitlines() if cpuinfo.exists() else []
-    field = lambda key: next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith(key)), "")
-    name = field("model name") or platform.processor() or platform.machine()
-    flags = set(field("flags").split())
-    if not flags:
-        return name
-    vector = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "no avx2"
-    return f"{name} ({', '.join([vector, *(f if f in flags else 'no ' + f for f in ('avx512_bf16', 'amx_bf16'))])})"
 
 
 def speed_table(steps: int, warmup: int, dtypes: list[str], shapes: list[str]) -> str:

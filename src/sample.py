@@ -25,6 +25,9 @@ What the flags do:
 - `--int8` stores the weights as int8 with one scale per row (`engine/quantize.py`) before generating: on a
   CPU, where reading the weights is what a token costs, about 2x faster; the text differs slightly from
   float32's (rounded weights), so `--seed` reproduces an `--int8` text only with `--int8`.
+- `--fast` multiplies the float32 weights by a compiled kernel that reads each of them once
+  (`engine/matvec.py`): on a CPU, decoding a large model is faster (GPT-2 124M: see the README's
+  benchmarks), the text is the same up to the order of additions; the first tokens wait for compiling.
 
 A prompt longer than the model's context is cut to its last `block_size` tokens (the model cannot see
 further back), with a note on stderr saying so.
@@ -52,6 +55,7 @@ from src.engine.checkpoint import load_pretrained
 from src.engine.errors import ArgumentParser, UserError, run_cli
 from src.engine.gpt2_files import CONFIG
 from src.engine.hub import resolve_pretrained
+from src.engine.matvec import stream_weights
 from src.engine.perf import describe, param_count
 from src.engine.precision import resolve_device
 from src.engine.quantize import quantize_int8
@@ -91,6 +95,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu", help="where to run the model")
     p.add_argument("--int8", action="store_true",
                    help="int8 weights: about 2x faster on a CPU, text slightly different (see engine/quantize.py)")
+    p.add_argument("--fast", action="store_true",
+                   help="float32 weights through a compiled matrix-vector kernel (CPU, engine/matvec.py): faster "
+                        "for large models, the same text up to rounding; compiling takes a few seconds first")
     return p
 
 
@@ -240,12 +247,17 @@ def main(argv: list[str] | None = None) -> None:
     prompt = "" if args.interactive else read_prompt(args)
 
     device = resolve_device(args.device)
-    if args.int8 and device.type != "cpu":
-        raise UserError(f"--int8 speeds up generation on a CPU only; drop it, or use --device cpu (not {device})")
+    for flag in ("int8", "fast"):
+        if getattr(args, flag) and device.type != "cpu":
+            raise UserError(f"--{flag} speeds up generation on a CPU only; drop it, or use --device cpu (not {device})")
+    if args.int8 and args.fast:
+        raise UserError("--int8 and --fast are two ways to store the weights: choose one")
     model, tokenizer = load(args.out_dir)
     model.to(device)
     if args.int8:
         quantize_int8(model)
+    if args.fast:
+        stream_weights(model, "float32")
     try:
         if args.interactive:
             interact(model, tokenizer, args, stops)

@@ -366,3 +366,14 @@ def test_a_bigram_checkpoint_streams_too(tmp_path, env):
     plain = ok(sample(tmp_path, *args, env=env))
     assert ok(sample(tmp_path, *args, "--stream", env=env)) == plain
     assert len(plain) == len("the " * 20) + 30 + 1
+
+
+def test_fast_prints_the_float32_text(char_ckpt, env):
+    """--fast changes only the order of additions: a trained char model's sampled text stays the same."""
+    args = ["--prompt", "the king", "--max-new-tokens", "40", "--seed", "3"]
+    assert ok(sample(char_ckpt, *args, "--fast", env=env)) == ok(sample(char_ckpt, *args, env=env))
+
+
+@pytest.mark.parametrize("flags", [["--fast", "--device", "cuda"], ["--fast", "--int8"]])
+def test_fast_off_the_cpu_or_with_int8_is_a_one_line_error(char_ckpt, env, flags):
+    assert_one_line_error(sample(char_ckpt, *flags, env=env), "cuda" if "cuda" in flags else "choose one")

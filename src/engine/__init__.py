@@ -13,7 +13,9 @@ called from the reading path in one named call:
     stages.py       the models a run left behind (snapshots, best, latest), by name under --out-dir
     gpt2_files.py   GPT-2's tokenizer files: the byte alphabet, the two file layouts
     hub.py          downloading released GPT-2 files from the Hugging Face Hub
+    muon.py         the Muon optimizer (orthogonalised momentum) beside AdamW, for --optimizer muon
     quantize.py     int8 weights for faster generation on a CPU
+    matvec.py       decoding at memory speed: a compiled matrix-vector kernel, float32/bfloat16/int8 weights
     textstream.py   printing generated text as it comes: whole characters, stop strings
     perf.py         parameters, memory, the hardware's peak FLOP/s, bits per byte
     metrics.py      the run's header, progress bar, metrics.jsonl and loss.png

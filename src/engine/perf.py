@@ -141,3 +141,17 @@ def peak_flops(
             if gpu in name:
                 return peaks[kind], f"{gpu} data sheet ({kind})"
     return None, "unknown hardware (pass --peak-flops)"
+
+
+def cpu_description() -> str:
+    """'AMD EPYC (avx2, no avx512_bf16, no amx_bf16)': the processor, and whether it has bf16 instructions,
+    which decide whether bf16 autocast is several times faster than float32 or many times slower."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text(errors="replace").splitlines() if cpuinfo.exists() else []
+    field = lambda key: next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith(key)), "")
+    name = field("model name") or platform.processor() or platform.machine()
+    flags = set(field("flags").split())
+    if not flags:
+        return name
+    vector = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "no avx2"
+    return f"{name} ({', '.join([vector, *(f if f in flags else 'no ' + f for f in ('avx512_bf16', 'amx_bf16'))])})"
