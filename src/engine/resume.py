@@ -151,8 +151,10 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
     py_version, py_state, py_gauss = random.getstate()
     tensors = {"rng.torch": torch.get_rng_state(), "rng.numpy": torch.from_numpy(np_keys.astype(np.int64))}
     if torch.cuda.is_available():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = state
+        # The generator of the GPU this process trains on. Every process seeds the same and draws the same
+        # numbers on its own GPU, so rank 0's state is every rank's (the other GPUs' generators in rank 0's
+        # view were never used: restoring those would rewind ranks 1..N-1).
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
     values = {
         "numpy": [np_kind, int(np_pos), int(np_has_gauss), float(np_gauss)],
         "python": [py_version, list(py_state), py_gauss],
@@ -166,10 +168,8 @@ def set_rng_state(tensors: dict[str, torch.Tensor], values: dict) -> None:
     np.random.set_state((np_kind, tensors["rng.numpy"].numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
     py_version, py_state, py_gauss = values["python"]
     random.setstate((py_version, tuple(py_state), py_gauss))
-    if torch.cuda.is_available():
-        cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
-        if cuda:
-            torch.cuda.set_rng_state_all(cuda)
+    if torch.cuda.is_available() and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"])  # onto this process's GPU (see rng_state)
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
