@@ -12,10 +12,11 @@ its fraction of the bandwidth, and the speed-up over HF's float32 decoding measu
 Rows (batch 1, a 1-token prompt, `--tokens` new tokens sampled at temperature 1, KV cache, median of
 `--repeats` runs after a warm-up):
 - ours float32, PyTorch's product: the model as it trains (`F.linear`, MKL's kernel on a CPU);
-- ours float32 / bfloat16 / int8, streaming kernel: `src/engine/matvec.py`, one compiled loop that reads
-  each weight once and converts it in registers (`stream_weights(model, dtype)`; `sample.py --fast`);
+- ours float32 / bfloat16, streaming kernel: `src/engine/matvec.py`, one compiled loop that reads each
+  weight once and converts it in registers (`stream_weights(model, dtype)`; `sample.py --fast`);
 - ours bfloat16, PyTorch: `model.to(torch.bfloat16)`; ours int8, PyTorch's kernel: `engine/quantize.py`
-  (`_weight_int8pack_mm`, `sample.py --int8`);
+  (`_weight_int8pack_mm`, `sample.py --int8`). (The streaming kernel on int8 weights compiles to code that
+  converts one value at a time: several times slower than this kernel, so it is not offered.)
 - HF float32: `GPT2LMHeadModel.generate` on the same weights (saved by us, loaded by `transformers`).
 Greedy check: 50 greedy tokens of every float32 row of ours against HF's, token for token.
 
@@ -121,7 +122,6 @@ def measure(shape: str, n: int, repeats: int) -> list[dict]:
         "ours bfloat16, PyTorch product": lambda: copy.deepcopy(base).to(torch.bfloat16),
         "ours bfloat16, streaming kernel": lambda: stream_weights(copy.deepcopy(base), "bfloat16"),
         "ours int8, PyTorch kernel (--int8)": lambda: quantize_int8(copy.deepcopy(base)),
-        "ours int8, streaming kernel": lambda: stream_weights(copy.deepcopy(base), "int8"),
     }
     rows = []
     hf_row = {"shape": name, "variant": "HF float32 (transformers)", "bytes": weight_bytes(hf), "greedy": "-"}

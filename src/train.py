@@ -5,7 +5,8 @@ The steps, in order (each is a few lines of `train` at the bottom of this file):
    character by default; `--tokenizer bpe` learns one from the training split; `gpt2` is GPT-2's) and turn
    both splits into token ids (dataloader.py); or, with `--data DIR` from prepare.py, stream its shards;
 2. model: GPT-2 (model.py), or the bigram baseline (bigram.py); `--init-from gpt2` starts from OpenAI's
-   weights. The optimizer is AdamW with weight decay on the matrices only;
+   weights. The optimizer is AdamW with weight decay on the matrices only (`--optimizer muon`: Muon for the
+   blocks' matrices, engine/muon.py);
 3. the loop: set the learning rate (warmup, then cosine decay), take a batch, compute the loss,
    backpropagate, clip the gradient, step the optimizer; every `eval_interval` steps measure train/val
    loss on fixed batches and save a checkpoint;
@@ -223,9 +224,16 @@ def train(cfg: TrainConfig) -> LoopState:
             state = load_state(out_dir / STATE_FILE, model, optimizer, precision.scaler, train_loader,
                                rank=ddp.rank, world_size=ddp.world_size, config=cfg.to_dict())
             ddp.print(f"resumed from {out_dir / STATE_FILE} at step {state.step}")
+            for group in optimizer.param_groups:  # the saved groups carry the old run's ratio: take this one's
+                if group.get("use_muon"):
+                    group["lr_scale"] = cfg.muon_lr / cfg.lr
         if state.step >= cfg.max_iters:
             raise UserError(f"the run in {out_dir} already reached step {state.step}; raise --max-iters to go on")
-        log = TrainingLog(cfg, ddp, precision, model, accum, compiled, start_step=state.step)
+        if cfg.max_seconds and state.seconds_trained >= cfg.max_seconds:
+            raise UserError(f"the run in {out_dir} already trained for its {cfg.max_seconds:.0f} s; raise "
+                            "--max-seconds to go on")
+        log = TrainingLog(cfg, ddp, precision, model, accum, compiled, start_step=state.step,
+                          seconds_trained=state.seconds_trained)
         snapshots = Snapshots(out_dir, model, data.tokenizer, cfg.snapshot_max_params, fresh=not cfg.resume,
                               enabled=ddp.is_main)  # the model at every evaluation, to watch it learn
         if state.step == 0:
@@ -240,7 +248,7 @@ def train(cfg: TrainConfig) -> LoopState:
             print_samples(model, data.tokenizer, FINETUNE_PROMPTS, cfg, "samples before fine-tuning")
 
         # 3. The loop: one optimizer step per iteration; now and then an evaluation and a checkpoint.
-        budget = TimeBudget(cfg.max_seconds, state.step, cfg.max_iters)  # no budget: decay_iters = max_iters
+        budget = TimeBudget(cfg.max_seconds, state, cfg.max_iters)  # no budget: decay_iters = max_iters
         with StopRequest() as stop:  # Ctrl-C / SIGTERM: finish the step, save, exit 0
             for step in range(state.step + 1, cfg.max_iters + 1):
                 lr = lr_at(step - 1, cfg.lr, cfg.final_min_lr, cfg.warmup_iters, budget.decay_iters)  # 0-based

@@ -704,3 +704,61 @@ def test_gpu_peaks_prefer_the_most_specific_name(monkeypatch):
                        ("NVIDIA H200", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12)]:
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device, n=name: n)
         assert perf.peak_flops(torch.device("cuda"), torch.bfloat16, "unused")[0] == bf16, name
+
+
+def test_a_time_budget_fits_the_schedule_to_what_is_left_and_resumes_there(monkeypatch):
+    """TimeBudget with a fake clock: a run resumed after 6 of its 10 s starts on the schedule it was on
+    (decay_iters as saved), then fits the end to the 4 s left at the speed it measures, and stops there."""
+    from src.engine import resume
+
+    now = [1000.0]
+    monkeypatch.setattr(resume.time, "time", lambda: now[0])
+    state = LoopState(step=100, seconds_trained=6.0, decay_iters=180)
+    budget = resume.TimeBudget(10.0, state, max_iters=1000)
+    assert budget.decay_iters == 180
+    now[0] += 2.0  # 20 steps in 2 s: 10 steps/s, 2 s left -> 20 more steps
+    assert not budget.check(120, Distributed())
+    assert budget.decay_iters == 140 and (state.seconds_trained, state.decay_iters) == (8.0, 140)
+    now[0] += 2.0
+    assert budget.check(140, Distributed())  # 10 s in all: stop
+    fresh = resume.TimeBudget(10.0, LoopState(), max_iters=1000)
+    assert fresh.decay_iters == 1000  # nothing measured yet: the longest schedule
+    now[0] += 1.0
+    fresh.check(50, Distributed())
+    assert fresh.decay_iters == 500  # 50 steps/s x 10 s
+    assert resume.TimeBudget(None, LoopState(), 77).decay_iters == 77 and not resume.TimeBudget(
+        None, LoopState(), 77).check(5, Distributed())
+
+
+def test_a_run_that_used_its_time_budget_resumes_only_with_more_time(engine, tmp_path):
+    out = tmp_path / "out"
+    flags = ["--max-iters", "1000000", "--eval-interval", "1000000", "--warmup-iters", "2"]
+    engine(out, *flags, "--max-seconds", "1")
+    spent = read_training(out)["seconds_trained"]
+    assert 1.0 <= spent < 3.0
+    with pytest.raises(UserError, match="already trained for its 1 s; raise --max-seconds"):
+        engine(out, *flags, "--max-seconds", "1", "--resume")
+    resumed = engine(out, *flags, "--max-seconds", "2", "--resume")
+    assert 2.0 <= resumed.seconds_trained < spent + 3.0
+
+
+def test_muon_trains_at_its_own_rate_and_a_resume_takes_the_new_one(engine, tmp_path):
+    out = tmp_path / "out"
+    flags = ["--max-iters", "3", "--eval-interval", "3", "--warmup-iters", "1", "--optimizer", "muon", "--lr", "1e-3"]
+    engine(out, *flags, "--muon-lr", "0.02")
+    last_lr = [r for r in rows(out) if r["event"] == "train"][-1]["lr"]
+    muon, *adamw = state_meta(out / STATE_FILE)["optimizer"]["param_groups"]
+    assert muon["use_muon"] and muon["lr"] == pytest.approx(last_lr * 20)
+    assert all(group["lr"] == pytest.approx(last_lr) for group in adamw)
+    engine(out, "--max-iters", "4", *flags[2:], "--muon-lr", "0.04", "--resume")
+    last_lr = [r for r in rows(out) if r["event"] == "train"][-1]["lr"]
+    assert state_meta(out / STATE_FILE)["optimizer"]["param_groups"][0]["lr"] == pytest.approx(last_lr * 40)
+
+
+def test_resuming_with_another_optimizer_or_fine_tuning_with_muon_is_refused(engine, tmp_path, capsys):
+    engine(tmp_path / "out", "--max-iters", "2", "--eval-interval", "2")
+    with pytest.raises(UserError, match="used --optimizer adamw, this command --optimizer muon"):
+        engine(tmp_path / "out", "--max-iters", "3", "--eval-interval", "2", "--optimizer", "muon", "--resume")
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--init-from", "gpt2", "--optimizer", "muon"])
+    assert exit_info.value.code == 2 and "fine-tune (--init-from) with AdamW" in capsys.readouterr().err

@@ -128,7 +128,8 @@ def test_snapshots_are_small_and_only_under_the_cap(tmp_path):
 
 
 def test_the_snapshot_sizes_the_readme_states_for_the_default_run(tmp_path):
-    """README and snapshots.py: the default run keeps 9 snapshots of 6.5 MB; GPT-2 124M is over the cap."""
+    """README and snapshots.py: the default model keeps 9 snapshots of 6.5 MB in 2,000 steps; GPT-2 124M is over
+    the cap."""
     from src.engine.config import TrainConfig
     from src.train import build_model
 

@@ -34,6 +34,17 @@ def test_orthogonalize_equals_the_polynomial_on_singular_values(shape):
     torch.testing.assert_close(ours.double(), expected, atol=2e-5, rtol=1e-4)
 
 
+def test_the_coefficients_are_keller_jordans():
+    assert NS_COEFFICIENTS == (3.4445, -4.7750, 2.0315)
+
+
+def test_muon_on_the_bigram_is_adamw_alone():
+    from src.bigram import BigramLanguageModel
+
+    opt = configure_optimizer(BigramLanguageModel(vocab_size=7), 1e-3, 0.1, torch.device("cpu"), kind="muon")
+    assert isinstance(opt, Muon) and not any(g["use_muon"] for g in opt.param_groups)
+
+
 def test_orthogonalize_is_nearly_orthogonal():
     """Five steps put every singular value into about [0.7, 1.2], and the result points along U V^T."""
     g = torch.randn(96, 384, generator=torch.Generator().manual_seed(1))

@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--muon-lr", type=_positive_float, default=d.muon_lr, help="peak learning rate of Muon")
     g.add_argument("--min-lr", type=_non_negative_float, default=d.min_lr, help="final LR (default lr/10)")
     g.add_argument("--warmup-iters", type=_non_negative_int, default=d.warmup_iters, help="linear LR warmup steps")
-    g.add_argument("--weight-decay", type=_non_negative_float, default=d.weight_decay, help="AdamW decay (2-D weights)")
+    g.add_argument("--weight-decay", type=_non_negative_float, default=d.weight_decay,
+                   help="decoupled weight decay of the 2-D weights (AdamW's; Muon's too, times Muon's larger rate)")
     g.add_argument("--beta2", type=_probability, default=d.beta2, help="AdamW beta2")
     g.add_argument("--grad-clip", type=_non_negative_float, default=d.grad_clip, help="max gradient norm (0 = off)")
     g.add_argument("--max-iters", type=positive_int, default=d.max_iters,
@@ -265,6 +266,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         parser.error(f"--d-model ({args.d_model}) must be divisible by --n-head ({args.n_head})")
     if args.min_lr is not None and args.min_lr > args.lr:
         parser.error(f"--min-lr ({args.min_lr}) must not exceed --lr ({args.lr})")
+    if args.optimizer == "muon" and args.init_from:
+        parser.error("--optimizer muon is for training from scratch: fine-tune (--init-from) with AdamW")
     if args.activation_checkpointing and args.model != "gpt":
         parser.error("--activation-checkpointing is for --model gpt (the bigram has no blocks to recompute)")
     if args.tokenizer == "bpe" and args.vocab_size < 257:

@@ -101,6 +101,12 @@ class Distributed:
         """Average a tensor over all processes (the identity for one process)."""
         return self.sum(value) / self.world_size
 
+    def max(self, value: float) -> float:
+        """The largest `value` of all processes (the value itself for one process)."""
+        if not self.enabled:
+            return value
+        return self._reduce(torch.tensor([float(value)], dtype=torch.float64), dist.ReduceOp.MAX).item()
+
     def any(self, flag: bool) -> bool:
         """True if `flag` is true in any process: lets all processes agree to stop at the same step."""
         if not self.enabled:

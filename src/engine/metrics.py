@@ -122,7 +122,8 @@ def _steps_per_token(rows: list[dict]) -> float | None:
 class TrainingLog:
     """The run's reports, from its header to its last line. Created after the model, before the first step."""
 
-    def __init__(self, cfg, ddp, precision, model, accum: int, compiled: bool, start_step: int = 0):
+    def __init__(self, cfg, ddp, precision, model, accum: int, compiled: bool, start_step: int = 0,
+                 seconds_trained: float = 0.0):
         self.enabled = ddp.is_main
         self.out_dir = Path(cfg.out_dir)
         self.device = precision.device
@@ -142,11 +143,13 @@ class TrainingLog:
         self.say(f"device: {precision.device}, precision: {precision.reason}, {torch.get_num_threads()} CPU threads, "
                  f"{ddp.world_size} process(es), torch.compile {'on' if compiled else 'off'}")
         self.say(f"model: {cfg.init_from or cfg.model}, {describe(model.num_params())}")
-        self.max_seconds, self.forecast_due = cfg.max_seconds, True
+        # The forecast waits for a window of steady steps: the first one of a compiled run includes compiling.
+        self.seconds_left = cfg.max_seconds - seconds_trained if cfg.max_seconds else None
+        self.windows_before_forecast = 2 if compiled else 1
         self.say(f"{self.tokens_per_step:,} tokens per step = {cfg.batch_size} x {cfg.block_size} tokens x {accum} "
                  f"micro-batches x {ddp.world_size} process(es)")
-        if self.max_seconds:
-            self.say(f"training for {duration(self.max_seconds)} (--max-seconds; at most {cfg.max_iters:,} steps): "
+        if self.seconds_left:
+            self.say(f"training for {duration(self.seconds_left)} (--max-seconds; at most {cfg.max_iters:,} steps): "
                      "how many steps fit depends on this machine's speed; --max-iters N runs exactly N steps instead, "
                      "the same run on any machine")
         else:
@@ -180,18 +183,18 @@ class TrainingLog:
         if self.peak:
             row["mfu"] = self.flops_per_token * tokens_per_s / self.peak
         self.metrics.log(event="train", **row)
-        if self.forecast_due:
+        self.windows_before_forecast -= 1
+        if self.windows_before_forecast == 0:
             self._forecast(step, tokens_per_s)
         self._advance(step)
         self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
 
     def _forecast(self, step: int, tokens_per_s: float) -> None:
         """Once, after the first steps: how long training will take at the speed measured so far."""
-        self.forecast_due = False
         seconds_per_step = self.tokens_per_step / tokens_per_s
-        if self.max_seconds:
-            steps = self.bar_total = min(self.max_iters, int(self.max_seconds / seconds_per_step))
-            self.say(f"{tokens_per_s:,.0f} tokens/s: about {steps:,} steps fit into {duration(self.max_seconds)}")
+        if self.seconds_left:
+            steps = self.bar_total = min(self.max_iters, step + int(self.seconds_left / seconds_per_step))
+            self.say(f"{tokens_per_s:,.0f} tokens/s: about {steps:,} steps fit into {duration(self.seconds_left)}")
         else:
             left = (self.max_iters - step) * seconds_per_step
             self.say(f"{tokens_per_s:,.0f} tokens/s: {self.max_iters:,} steps take about "

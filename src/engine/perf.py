@@ -39,14 +39,15 @@ def param_count(vocab_size: int, block_size: int, n_layer: int, d_model: int) ->
 
 
 def describe(num_params: int, train: bool = True) -> str:
-    """'124,439,808 parameters: weights 0.50 GB, gradients 0.50 GB, AdamW state 1.00 GB; ~2.00 GB in all'.
+    """'124,439,808 parameters: weights 0.50 GB, gradients 0.50 GB, optimizer 1.00 GB; ~2.00 GB in all'.
 
-    float32 throughout: 4 bytes a weight, 4 a gradient, 8 for AdamW's two running averages. Activations
-    come on top and grow with batch size x context (lower --batch-size if memory runs out).
+    float32 throughout: 4 bytes a weight, 4 a gradient, 8 for AdamW's two running averages (at most: Muon
+    keeps one for the matrices it updates). Activations come on top and grow with batch size x context
+    (lower --batch-size if memory runs out).
     """
     sizes = {"weights": 4 * num_params}
     if train:
-        sizes.update(gradients=4 * num_params, **{"AdamW state": 8 * num_params})
+        sizes.update(gradients=4 * num_params, optimizer=8 * num_params)
     parts = ", ".join(f"{name} {value / 1e9:.2f} GB" for name, value in sizes.items())
     total = f"; ~{sum(sizes.values()) / 1e9:.2f} GB in all" if train else ""
     return f"{num_params:,} parameters: {parts}{total}"

@@ -56,6 +56,9 @@ class LoopState:
     val_loss: float | None = None
     val_bits_per_byte: float | None = None
     val_bits_per_char: float | None = None
+    # with a time budget (--max-seconds): the seconds trained so far and the step the schedule ends at
+    seconds_trained: float = 0.0
+    decay_iters: int | None = None
 
     def record_step(self, step: int, healthy: bool) -> None:
         """Count one optimizer step; an unhealthy one (a NaN/inf loss or gradient) was skipped."""
@@ -120,25 +123,30 @@ class StopRequest:
 class TimeBudget:
     """`--max-seconds`: end training when the time is used up, with the learning rate decayed by then.
 
-    After every step it projects how many steps fit into the budget at the speed so far, and moves the end
-    of the cosine decay (`decay_iters`) there, so the schedule ends fully decayed on a fast machine or a
-    slow one. Without a budget it never ends the run and `decay_iters` stays at `max_iters`.
+    After every step it projects how many steps fit into what is left of the budget at the speed so far,
+    and moves the end of the cosine decay (`decay_iters`) there, so the schedule ends fully decayed on a
+    fast machine or a slow one. The seconds spent and the fitted end are kept in the loop state, so a
+    resumed run trains for what is left, on the schedule it was on. All processes go by the slowest
+    clock, so they fit the same schedule and stop at the same step. Without a budget it never ends the run
+    and `decay_iters` stays at `max_iters`.
     """
 
-    def __init__(self, seconds: float | None, start_step: int, max_iters: int):
-        self.seconds, self.start_step, self.max_iters = seconds, start_step, max_iters
-        self.decay_iters = max_iters
+    def __init__(self, seconds: float | None, state: LoopState, max_iters: int):
+        self.seconds, self.max_iters, self.state = seconds, max_iters, state
+        self.start_step, self.spent_before = state.step, state.seconds_trained
+        self.decay_iters = (state.decay_iters or max_iters) if seconds else max_iters
         self.started = time.time()
 
     def check(self, step: int, ddp) -> bool:
-        """Called after `step`: re-fit `decay_iters`; True once the budget is spent (in any process, so that
-        all processes stop at the same step)."""
+        """Called after `step`: re-fit `decay_iters`; True once the budget is spent."""
         if not self.seconds:
             return False
-        elapsed = time.time() - self.started
-        projected = int((step - self.start_step) * self.seconds / elapsed) + self.start_step
-        self.decay_iters = min(self.max_iters, max(step + 1, projected))
-        return ddp.any(elapsed >= self.seconds)
+        elapsed = ddp.max(time.time() - self.started)  # the same number in every process
+        left = self.seconds - self.spent_before - elapsed
+        rate = (step - self.start_step) / elapsed  # steps per second
+        self.decay_iters = min(self.max_iters, max(step + 1, step + int(left * rate)))
+        self.state.seconds_trained, self.state.decay_iters = self.spent_before + elapsed, self.decay_iters
+        return left <= 0
 
 
 STATE_FILE = "resume.safetensors"
@@ -168,8 +176,10 @@ def set_rng_state(tensors: dict[str, torch.Tensor], values: dict) -> None:
     np.random.set_state((np_kind, tensors["rng.numpy"].numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
     py_version, py_state, py_gauss = values["python"]
     random.setstate((py_version, tuple(py_state), py_gauss))
-    if torch.cuda.is_available() and "rng.cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["rng.cuda"])  # onto this process's GPU (see rng_state)
+    if torch.cuda.is_available():
+        state = tensors.get("rng.cuda", tensors.get("rng.cuda.0"))  # "rng.cuda.0": files of earlier versions
+        if state is not None:
+            torch.cuda.set_rng_state(state)  # onto this process's GPU (see rng_state)
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -266,7 +276,11 @@ def load_state(
     device = next(model.parameters()).device
     model.load_state_dict(weights, strict=False)  # strict=False: lm_head is tied to wte
     optim = {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")}  # only these go to the GPU
-    optimizer.load_state_dict(_unflatten_optimizer(optim, meta["optimizer"]))
+    try:
+        optimizer.load_state_dict(_unflatten_optimizer(optim, meta["optimizer"]))
+    except ValueError as err:  # another optimizer (a file from before --optimizer was recorded)
+        raise UserError(f"{path} holds another optimizer's state than this run's ({err}); resume with the saved "
+                        "run's --optimizer") from None
     if meta["scaler"] is not None:
         scaler.load_state_dict(meta["scaler"])
     loader.restore({k: v for k, v in tensors.items() if k.startswith("loader.")}, meta.get("loader") or {}, path,
