@@ -4,6 +4,7 @@ reached in 300 s.
     python bench/train_speed.py [--steps 10] [--warmup 3] [--threads N] [--dtypes float32 bfloat16]
                                 [--shapes user laptop]
     python bench/train_speed.py --quality [--budget 300]
+    python bench/train_speed.py --quality --seeds 1 2 3 --against "--optimizer adamw --lr 2e-3 --min-lr 2e-4"
 
 Speed: for two shapes -- the user's (6 layers, 6 heads, d_model 384, context 256, batch 16) and nanoGPT's
 laptop configuration (4 layers, 4 heads, 128 wide, context 64, batch 12) -- in float32 and under bf16
@@ -255,7 +256,8 @@ def speed_table(steps: int, warmup: int, dtypes: list[str], shapes: list[str]) -
     return "\n".join(lines)
 
 
-def quality_run(budget: float, extra: list[str]) -> None:
+def quality_run(budget: float, extra: list[str]) -> float:
+    """One time-to-quality run of the preset (with `extra` flags); prints its log and verdict, returns the val loss."""
     data = (REPO_ROOT / QUALITY_DATA).resolve()
     if not data.exists():
         sys.exit(f"error: --quality needs tiny Shakespeare at {QUALITY_DATA} (relative to the repo root: {data}); "
@@ -308,6 +310,24 @@ def quality_run(budget: float, extra: list[str]) -> None:
         print(f"\nquality-300s: val loss {val:.4f} after {elapsed:.0f} s of training "
               f"({'stopped by the budget' if stopped else 'finished within the budget'}); {verdict} the goal "
               f"<= {QUALITY_GOAL} (nanoGPT's laptop configuration in 300 s: {NANOGPT_300S})")
+        return val
+
+
+def ablation(budget: float, seeds: list[int], variants: list[str], extra: list[str]) -> None:
+    """The preset against variants of it (each a string of flags), every one for the same wall time, for each
+    seed in turn (seed 1: all recipes, then seed 2, ...), so a slow hour of the machine hits all of them."""
+    recipes = ["", *variants]
+    vals: dict[str, list[float]] = {recipe: [] for recipe in recipes}
+    for seed in seeds:
+        for recipe in recipes:
+            vals[recipe].append(quality_run(budget, [*extra, "--seed", str(seed), *recipe.split()]))
+    print(f"\nablation, {budget:.0f} s each, seeds {seeds}; CPU: {cpu_description()}, load average "
+          f"{os.getloadavg()[0]:.1f}")
+    print(f"| recipe | {' | '.join(f'seed {seed}' for seed in seeds)} | mean |")
+    print("|---" * (len(seeds) + 2) + "|")
+    for recipe, losses in vals.items():
+        cells = " | ".join(f"{v:.4f}" for v in losses)
+        print(f"| quality-300s {recipe or '(as is)'} | {cells} | {statistics.mean(losses):.4f} |")
 
 
 def main() -> None:
@@ -321,12 +341,18 @@ def main() -> None:
                         help="shapes to time: " + "; ".join(f"{k}: {v[0]}" for k, v in SHAPES.items()))
     parser.add_argument("--quality", action="store_true", help="run the 300 s time-to-quality check instead")
     parser.add_argument("--budget", type=float, default=300.0, help="--quality: seconds of training")
+    parser.add_argument("--seeds", type=int, nargs="+", help="--quality: an ablation over these seeds")
+    parser.add_argument("--against", action="append", default=[], metavar="FLAGS",
+                        help='--quality --seeds: a variant of the preset to compare with, e.g. "--optimizer adamw '
+                             '--lr 2e-3 --min-lr 2e-4" (repeatable)')
     args, extra = parser.parse_known_args()
     if extra and not args.quality:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.quality:
+    if args.quality and args.seeds:
+        ablation(args.budget, args.seeds, args.against, extra)
+    elif args.quality:
         quality_run(args.budget, extra)
     else:
         print(speed_table(args.steps, args.warmup, args.dtypes, args.shapes))
