@@ -15,7 +15,7 @@ called from the reading path in one named call:
     hub.py          downloading released GPT-2 files from the Hugging Face Hub
     muon.py         the Muon optimizer (orthogonalised momentum) beside AdamW, for --optimizer muon
     quantize.py     int8 weights for faster generation on a CPU
-    matvec.py       decoding at memory speed: a compiled matrix-vector kernel, float32/bfloat16/int8 weights
+    matvec.py       decoding at memory speed: a compiled matrix-vector kernel for float32 and bf16 weights
     textstream.py   printing generated text as it comes: whole characters, stop strings
     perf.py         parameters, memory, the hardware's peak FLOP/s, bits per byte
     metrics.py      the run's header, progress bar, metrics.jsonl and loss.png

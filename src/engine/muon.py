@@ -23,6 +23,8 @@ LayerNorm gains, get AdamW, written out below so that both live in one optimizer
 
 Each param group carries `use_muon` and `lr_scale`: train.py sets every group's `lr` to the schedule's
 value times its `lr_scale`, so both optimizers follow the same warmup and decay at their own peaks.
+
+Who uses it: `train.py` (`configure_optimizer` with `--optimizer muon`).
 """
 
 from __future__ import annotations
