@@ -1,6 +1,7 @@
 """Decoding speed against the memory-bandwidth limit, next to Hugging Face `transformers` in the same run.
 
     python bench/generate.py [--tokens 100] [--repeats 3] [--threads N] [--shapes 124M char]
+    python bench/generate.py --levers     # the matrix-vector products alone, in every way tried
 
 A decoding step reads every weight of the model once, for one multiply-add each, so on a CPU its time is
 set by how fast memory delivers the weights. The script first measures this machine's memory read
@@ -40,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
 
 from src.engine.checkpoint import save_checkpoint  # noqa: E402
 from src.engine.matvec import stream_weights  # noqa: E402
@@ -145,14 +147,74 @@ def measure(shape: str, n: int, repeats: int) -> list[dict]:
     return rows
 
 
+def matrix_levers(bandwidth: float, repeats: int = 5) -> None:
+    """`--levers`: the matrix-vector products alone, over GPT-2 124M's matrices (12 blocks' four, and lm_head),
+    one vector each, in every way tried for decoding: GB/s of weights streamed and the share of the bandwidth.
+    What the model rows add on top is everything around the products."""
+    from src.engine import matvec
+    from src.engine.quantize import quantize_rows
+
+    shapes = [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 12 + [(50257, 768)]  # (out, in)
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(shape, generator=gen) * 0.1 for shape in shapes]
+    x = {n: torch.randn(n, generator=gen) for n in (768, 3072)}
+    kernel = matvec.kernel()
+    transposed = [w.t().contiguous() for w in weights]  # (in, out): GPT-2's Conv1D layout, HF's too
+    bf16 = [w.bfloat16() for w in weights]
+    int8 = [quantize_rows(w) for w in weights]
+    int8_bf16 = [(q, scale.bfloat16()) for q, scale in int8]
+    fbgemm = []
+    for w in weights:  # fbgemm's dynamically quantized layer: int8 weights per row, activations rounded too
+        linear = nn.Linear(w.shape[1], w.shape[0], bias=False)
+        linear.weight.data = w
+        linear.qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+        fbgemm.append(torch.ao.nn.quantized.dynamic.Linear.from_float(linear))
+    levers = {  # name: (one pass over every matrix, bytes of weights it reads)
+        "float32, PyTorch's product (MKL, (out, in))": (
+            lambda: [F.linear(x[w.shape[1]], w) for w in weights], 4),
+        "float32, MKL on prepacked (in, out)": (lambda: [x[w.shape[0]] @ w for w in transposed], 4),
+        "float32, streaming kernel": (lambda: [kernel(w, x[w.shape[1]]) for w in weights], 4),
+        "bfloat16, PyTorch's product": (
+            lambda: [F.linear(x[w.shape[1]].bfloat16(), w) for w in bf16], 2),
+        "bfloat16, streaming kernel": (lambda: [kernel(w, x[w.shape[1]]) for w in bf16], 2),
+        "int8, PyTorch's kernel (_weight_int8pack_mm)": (
+            lambda: [torch.ops.aten._weight_int8pack_mm(x[q.shape[1]].bfloat16()[None], q, scale)
+                     for q, scale in int8_bf16], 1),
+        "int8, the streaming kernel's one line (compiled)": (
+            lambda: [kernel(q, x[q.shape[1]]) for q, _ in int8], 1),
+        "int8 weights and activations, fbgemm (dynamic quantization)": (
+            lambda: [layer(x[layer.in_features][None]) for layer in fbgemm], 1),
+    }
+    n_weights = sum(w.numel() for w in weights)
+    print(f"\nthe matrices of GPT-2 124M alone, one vector each; bandwidth {bandwidth / 1e9:.1f} GB/s")
+    print("| weights, multiplied by | GB/s streamed | of bandwidth |")
+    print("|---|---|---|")
+    for name, (run, bytes_per_weight) in levers.items():
+        run()  # warm-up (and compiling)
+        best = min(timed(run) for _ in range(repeats))
+        streamed = n_weights * bytes_per_weight / best
+        print(f"| {name} | {streamed / 1e9:.1f} | {streamed / bandwidth:.0%} |", flush=True)
+
+
+def timed(run) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=100, help="new tokens per run")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per row (the median counts)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--levers", action="store_true",
+                        help="time the matrix-vector products alone, in every way tried, instead of whole models")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.levers:
+        matrix_levers(read_bandwidth())
+        return
     import transformers
 
     transformers.logging.set_verbosity_error()
