@@ -464,15 +464,16 @@ class KVCache:
     Without a cache, producing token t+1 runs the model over all t tokens again. But the keys and values
     of earlier tokens never change (a token only attends backwards), so we store them and feed the model
     just the newest token. Memory is allocated once, for the whole context: per layer, k and v of shape
-    (B, nh, block_size, hs). It is left uninitialised (`torch.empty`), because only positions already
-    written are ever read. `pos` counts the positions filled, which is also the position (for the
-    position embedding) of the next token.
+    (B, nh, block_size, hs). `pos` counts the positions filled, which is also the position (for the
+    position embedding) of the next token. `append` returns only the filled positions; the rest starts
+    as zeros rather than whatever memory held, for engine/decode.py, which reads past `pos` under a mask
+    (a masked weight of 0 times a NaN left in memory would still be NaN).
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, device, dtype: torch.dtype = torch.float32):
         shape = (batch_size, config.n_head, config.block_size, config.d_model // config.n_head)
-        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.pos = 0
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

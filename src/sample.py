@@ -25,9 +25,11 @@ What the flags do:
 - `--int8` stores the weights as int8 with one scale per row (`engine/quantize.py`) before generating: on a
   CPU, where reading the weights is what a token costs, about 2x faster; the text differs slightly from
   float32's (rounded weights), so `--seed` reproduces an `--int8` text only with `--int8`.
-- `--fast` multiplies the float32 weights by a compiled kernel that reads each of them once
-  (`engine/matvec.py`): on a CPU, decoding a large model is faster (GPT-2 124M: see the README's
-  benchmarks), the text is the same up to the order of additions; the first tokens wait for compiling.
+- `--fast` compiles the decoding: every one-token step is compiled whole, with fixed shapes
+  (`engine/decode.py`), around a kernel that reads each float32 weight once (`engine/matvec.py`). On a
+  CPU that is faster for small and large models alike (see the README's benchmarks); the text is the same
+  up to the order of additions. Compiling takes a while first (seconds for a small model, about a minute
+  for GPT-2 124M), so it pays off on long texts and in `--interactive` sessions.
 
 A prompt longer than the model's context is cut to its last `block_size` tokens (the model cannot see
 further back), with a note on stderr saying so.
@@ -52,6 +54,7 @@ if __package__ in (None, ""):  # run as `python src/sample.py`: make the `src` p
 import torch
 
 from src.engine.checkpoint import load_pretrained
+from src.engine.decode import CompiledDecoding
 from src.engine.errors import ArgumentParser, UserError, run_cli
 from src.engine.gpt2_files import CONFIG
 from src.engine.hub import resolve_pretrained
@@ -96,8 +99,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--int8", action="store_true",
                    help="int8 weights: about 2x faster on a CPU, text slightly different (see engine/quantize.py)")
     p.add_argument("--fast", action="store_true",
-                   help="float32 weights through a compiled matrix-vector kernel (CPU, engine/matvec.py): faster "
-                        "for large models, the same text up to rounding; compiling takes a few seconds first")
+                   help="compile the decoding step (CPU, engine/decode.py and matvec.py): faster, the same text up "
+                        "to rounding; compiling takes a while first (about a minute for GPT-2 124M)")
     return p
 
 
@@ -257,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.int8:
         quantize_int8(model)
     if args.fast:
-        stream_weights(model, "float32")
+        model = CompiledDecoding(stream_weights(model, "float32"))
     try:
         if args.interactive:
             interact(model, tokenizer, args, stops)

@@ -16,6 +16,7 @@ called from the reading path in one named call:
     muon.py         the Muon optimizer (orthogonalised momentum) beside AdamW, for --optimizer muon
     quantize.py     int8 weights for faster generation on a CPU
     matvec.py       decoding at memory speed: a compiled matrix-vector kernel for float32 and bf16 weights
+    decode.py       a decoding step compiled whole, with fixed shapes: one call per token
     textstream.py   printing generated text as it comes: whole characters, stop strings
     perf.py         parameters, memory, the hardware's peak FLOP/s, bits per byte
     metrics.py      the run's header, progress bar, metrics.jsonl and loss.png

@@ -26,7 +26,8 @@ on a CPU) the layers fall back to the usual product, with one warning.
 int8 weights keep engine/quantize.py's kernel: the same one-line kernel on int8 weights compiles to code
 that converts one value at a time, several times slower than PyTorch's int8 kernel (bench/generate.py).
 
-Who uses it: `sample.py --fast`, `bench/generate.py`.
+Who uses it: `sample.py --fast` (through engine/decode.py, which compiles the whole decoding step around
+it), `bench/generate.py`.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ class StreamingLinear(nn.Module):
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)  # (..., out)
 
     def _streamed(self, x: torch.Tensor) -> torch.Tensor | None:
+        if torch.compiler.is_compiling():  # inside a compiled caller (engine/decode.py): it compiles the maths
+            return rowwise_dot(self.weight, x)  # with its own, fused with what comes before and after
         fn = kernel()
         if fn is None:
             return None

@@ -1,0 +1,120 @@
+"""A decoding step that `torch.compile` compiles whole: fixed shapes, every layer fused, one call per token.
+
+Why. Generating one token runs the model on one position: a few dozen matrix-vector products and ~150
+small operations around them (layer norms, attention over the cache, GELU, residual adds, the position
+embedding). Run one by one, each small operation costs microseconds of Python and dispatch. For GPT-2
+124M, whose weights take ~30 ms to read, that is a few ms per token; for a small character model, whose
+weights are read in about a millisecond, it is most of the time. Compiled as one program, the step becomes
+a handful of fused loops behind a single call.
+
+Why fixed shapes. `GPT.forward` with a `KVCache` attends over the first pos + 1 positions of the cache, a
+length that grows with every token: a compiler would see a new program at every step. Here the step reads
+a fixed length of the cache and masks the positions not written yet,
+
+    seen[j] = (j <= pos)          the new token at position pos sees every earlier key, and its own,
+
+with `pos` a tensor, so the next position is the same program with another input. The length is the
+smallest power of two (at least 64) that holds pos + 1 keys, capped at the context: reading the whole
+context at every step would add 75 MB of cache reads per token to GPT-2 124M's ~500 MB of weights at the
+start of a text. After a second length, torch.compile turns the length into a symbol (its automatic
+dynamic shapes) and compiles no more, so a text costs at most two compilations.
+
+What is shared. The cache is the model's own `KVCache`, which already holds the whole context: the prompt
+goes through `GPT.forward` as usual (many positions at once, which the compiled step would not speed up),
+then every new token goes through the compiled step, which writes its key and value at `pos` and moves
+`pos` on. `CompiledDecoding` wraps a model so that `generate` uses it unchanged. Where compiling does not
+work (no C++ compiler, an unsupported model) it says so once and decodes with the model itself.
+
+Checked against `GPT.forward` with a cache (tests/test_decode.py): the same logits up to float32
+rounding, and the same greedy text across a length boundary and past the cache sliding.
+
+Who uses it: `sample.py --fast` (with the weights of engine/matvec.py), `bench/generate.py`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from src.generate import generate as _generate
+
+MIN_LENGTH = 64  # the shortest cache length the step reads
+
+
+def cache_length(pos: int, block_size: int) -> int:
+    """How many cache positions the step at `pos` reads: a power of two >= pos + 1 (at least MIN_LENGTH),
+    at most the context."""
+    return min(block_size, max(MIN_LENGTH, 1 << pos.bit_length()))
+
+
+def decode_step(model: nn.Module, token: torch.Tensor, pos: torch.Tensor, length: int,
+                keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
+    """One new token through a `GPT`, its keys and values written into the cache at `pos`.
+
+    token (B, 1) ids at position pos (a 0-d tensor); keys, values: per layer (B, nh, block_size, hs), filled
+    at positions 0..pos-1. Returns the logits of the next token (B, V). The same maths as a block's forward
+    with a cache (src/model.py), with the attention reading `length` positions under a mask.
+    """
+    t, C, nh = model.transformer, model.config.d_model, model.config.n_head
+    B = token.shape[0]
+    x = t.wte(token) + t.wpe(pos.view(1))  # (B, 1, C)
+    seen = (torch.arange(length, device=token.device) <= pos).view(1, length)  # (1, length): keys written
+    for layer, block in enumerate(t.h):
+        qkv = block.attn.c_attn(block.ln_1(x))  # (B, 1, 3C)
+        q, k, v = qkv.view(B, 1, 3, nh, C // nh).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, 1, hs)
+        keys[layer].index_copy_(2, pos.view(1), k)  # (B, nh, block_size, hs): this token's key at pos
+        values[layer].index_copy_(2, pos.view(1), v)
+        y = F.scaled_dot_product_attention(q, keys[layer][:, :, :length], values[layer][:, :, :length],
+                                           attn_mask=seen)  # (B, nh, 1, hs)
+        x = x + block.attn.c_proj(y.transpose(1, 2).reshape(B, 1, C))  # (B, 1, C); no dropout: generating
+        x = x + block.mlp(block.ln_2(x))
+    return model.lm_head(t.ln_f(x))[:, -1]  # (B, V)
+
+
+class CompiledDecoding(nn.Module):
+    """A `GPT` for generation whose one-token steps run `decode_step`, compiled; everything else (a prompt,
+    training, a loss) is the model's own forward. `generate(CompiledDecoding(model), ...)` gives the
+    model's text, up to float32 rounding."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.step = torch.compile(decode_step, fullgraph=True)
+        self.broken = None  # the error, once compiling has failed: from then on the model decodes alone
+
+    @property
+    def block_size(self) -> int:
+        return self.model.block_size
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def new_kv_cache(self, batch_size: int):
+        return self.model.new_kv_cache(batch_size)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache=None, last_only: bool = False):
+        """As `GPT.forward` (without `return_attention`); one token after a filled cache takes the compiled step."""
+        if cache is None or idx.shape[1] != 1 or cache.pos == 0 or targets is not None or self.broken:
+            return self.model(idx, targets, cache=cache, last_only=last_only)
+        if cache.pos >= self.block_size:
+            return self.model(idx, cache=cache, last_only=last_only)  # the model's own error: context full
+        pos = torch.tensor(cache.pos, device=idx.device)
+        # (B, 1) with strides of its own: a slice of the growing text has new ones, which would be a new program
+        token = idx.clone(memory_format=torch.contiguous_format)
+        try:
+            logits = self.step(self.model, token, pos, cache_length(cache.pos, self.block_size), cache.k, cache.v)
+        except Exception as err:  # no C++ compiler, too many recompilations: say so once, then go on without
+            self.broken = err
+            warnings.warn(f"the decoding step could not be compiled ({str(err)[:200]}); decoding without it",
+                          stacklevel=2)
+            return self.model(idx, cache=cache, last_only=last_only)
+        cache.pos += 1
+        return logits[:, None, :], None  # (B, 1, V), no loss
+
+    def generate(self, idx, max_new_tokens: int, **sampling):
+        """As `GPT.generate`."""
+        return _generate(self, idx, max_new_tokens, **sampling)

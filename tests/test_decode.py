@@ -1,0 +1,115 @@
+"""Tests for src/engine/decode.py: the compiled one-token step against `GPT.forward` with a KV cache (the
+oracle: the model's own decoding), the cache lengths it reads, how often it compiles, and its fallback."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from src.engine.decode import MIN_LENGTH, CompiledDecoding, cache_length, decode_step
+from src.engine.matvec import stream_weights
+from src.model import GPT, GPTConfig
+
+
+@pytest.fixture
+def model() -> GPT:
+    """A small GPT whose context (100) is no power of two, with spread weights: clearly separated logits,
+    so greedy text does not hinge on rounding."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=20, block_size=100, n_layer=2, n_head=2, d_model=32)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.3)
+    return model
+
+
+@pytest.fixture(autouse=True)
+def fresh_compiler():
+    torch._dynamo.reset()  # each test counts its own compilations
+    yield
+    torch._dynamo.reset()
+
+
+def test_the_cache_length_holds_every_key_written_and_at_most_twice_that():
+    assert [cache_length(pos, 1024) for pos in (0, 1, 63, 64, 127, 128, 600, 1023)] == \
+        [MIN_LENGTH, 64, 64, 128, 128, 256, 1024, 1024]
+    assert cache_length(99, 100) == 100  # capped at the context
+    for pos in range(1024):
+        assert pos + 1 <= cache_length(pos, 1024) <= max(MIN_LENGTH, 2 * (pos + 1))
+
+
+@torch.inference_mode()
+def test_each_step_gives_the_logits_and_cache_of_the_models_own_forward(model):
+    """Eager `decode_step` against `GPT.forward` with a cache, token by token, across the boundary between
+    two cache lengths (positions 63 -> 64): the same logits, and the same keys and values written."""
+    ids = torch.randint(0, 20, (2, 70), generator=torch.Generator().manual_seed(1))  # batch of 2
+    ours, theirs = model.new_kv_cache(2), model.new_kv_cache(2)
+    model(ids[:, :5], cache=ours)
+    model(ids[:, :5], cache=theirs)  # a 5-token prompt, through the model in both
+    for pos in range(5, 70):
+        token = ids[:, pos : pos + 1]
+        logits = decode_step(model, token, torch.tensor(pos), cache_length(pos, 100), ours.k, ours.v)  # (2, V)
+        ours.pos += 1
+        expected, _ = model(token, cache=theirs)  # (2, 1, V)
+        torch.testing.assert_close(logits, expected[:, -1], atol=1e-5, rtol=1e-5)
+    for layer in range(2):
+        torch.testing.assert_close(ours.k[layer][:, :, :70], theirs.k[layer][:, :, :70], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.v[layer][:, :, :70], theirs.v[layer][:, :, :70], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("weights", ["nn.Linear", "streamed"])
+def test_compiled_decoding_gives_the_models_greedy_text_and_compiles_at_most_twice(model, weights):
+    """150 new tokens after a 3-token prompt: through cache lengths 64 and 100, then past the context, where
+    the cache slides (the model re-reads the last 100 tokens). Compiled twice: once for the first length,
+    once more with the length as a symbol."""
+    prompt = torch.tensor([[1, 2, 3]])
+    plain = model.generate(prompt, 150, temperature=0)
+    inner = stream_weights(copy.deepcopy(model)) if weights == "streamed" else copy.deepcopy(model)
+    compiled = CompiledDecoding(inner)
+    before = counters["stats"]["unique_graphs"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*could not be compiled")  # the step must really run
+        out = compiled.generate(prompt, 150, temperature=0)
+    assert torch.equal(out, plain)
+    graphs = counters["stats"]["unique_graphs"] - before
+    assert 1 <= graphs <= 2 + (weights == "streamed")  # streamed: the kernel, compiled on its own for prompts
+
+
+def test_sampled_text_of_a_batch_equals_the_models(model):
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    expected = model.generate(prompt, 30, temperature=0.8, seed=7)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*could not be compiled")
+        out = CompiledDecoding(copy.deepcopy(model)).generate(prompt, 30, temperature=0.8, seed=7)
+    assert torch.equal(out, expected)
+
+
+def test_without_a_compiler_it_warns_once_and_decodes_with_the_model(model):
+    compiled = CompiledDecoding(copy.deepcopy(model))
+
+    def broken(*args):
+        raise RuntimeError("no C++ compiler")
+
+    compiled.step = broken
+    prompt = torch.tensor([[1, 2, 3]])
+    with pytest.warns(UserWarning, match="could not be compiled") as caught:
+        out = compiled.generate(prompt, 20, temperature=0)
+    assert len(caught) == 1
+    assert torch.equal(out, model.generate(prompt, 20, temperature=0))
+
+
+def test_a_prompt_a_loss_and_a_full_context_go_to_the_model(model):
+    compiled = CompiledDecoding(model)
+    ids = torch.randint(0, 20, (1, 10))
+    logits, loss = compiled(ids, ids)
+    expected_logits, expected_loss = model(ids, ids)
+    assert torch.equal(logits, expected_logits) and torch.equal(loss, expected_loss)
+    cache = compiled.new_kv_cache(1)
+    cache.pos = 100  # full
+    with pytest.raises(ValueError, match="longer than the context"):
+        compiled(ids[:, :1], cache=cache)
