@@ -16,8 +16,9 @@ Rows (batch 1, a 1-token prompt, `--tokens` new tokens sampled at temperature 1,
 - ours float32 / bfloat16, streaming kernel: `src/engine/matvec.py`, one compiled loop that reads each
   weight once and converts it in registers (`stream_weights(model, dtype)`; `sample.py --fast`);
 - ours bfloat16, PyTorch: `model.to(torch.bfloat16)`; ours int8, PyTorch's kernel: `engine/quantize.py`
-  (`_weight_int8pack_mm`, `sample.py --int8`). (The streaming kernel on int8 weights compiles to code that
-  converts one value at a time: several times slower than this kernel, so it is not offered.)
+  (`_weight_int8pack_mm`, `sample.py --int8`);
+- step compiled: `engine/decode.py`'s `CompiledDecoding`, the whole one-token step compiled with fixed
+  shapes, around PyTorch's product or the streaming kernel (the latter is `sample.py --fast`).
 - HF float32: `GPT2LMHeadModel.generate` on the same weights (saved by us, loaded by `transformers`).
 Greedy check: 50 greedy tokens of every float32 row of ours against HF's, token for token.
 
@@ -44,6 +45,7 @@ import torch.nn as nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from src.engine.checkpoint import save_checkpoint  # noqa: E402
+from src.engine.decode import CompiledDecoding  # noqa: E402
 from src.engine.matvec import stream_weights  # noqa: E402
 from src.engine.perf import cpu_description  # noqa: E402
 from src.engine.quantize import quantize_int8  # noqa: E402
@@ -121,6 +123,9 @@ def measure(shape: str, n: int, repeats: int) -> list[dict]:
     variants = {
         "ours float32, PyTorch product": lambda: base,
         "ours float32, streaming kernel": lambda: stream_weights(copy.deepcopy(base), "float32"),
+        "ours float32, PyTorch product, step compiled": lambda: CompiledDecoding(copy.deepcopy(base)),
+        "ours float32, streaming kernel, step compiled (--fast)":
+            lambda: CompiledDecoding(stream_weights(copy.deepcopy(base), "float32")),
         "ours bfloat16, PyTorch product": lambda: copy.deepcopy(base).to(torch.bfloat16),
         "ours bfloat16, streaming kernel": lambda: stream_weights(copy.deepcopy(base), "bfloat16"),
         "ours int8, PyTorch kernel (--int8)": lambda: quantize_int8(copy.deepcopy(base)),
@@ -147,6 +152,23 @@ def measure(shape: str, n: int, repeats: int) -> list[dict]:
     return rows
 
 
+def int8_words_dot(words: torch.Tensor, x4: torch.Tensor) -> torch.Tensor:
+    """A lever tried for int8 (`--levers`): W @ x for int8 W (out, in), read as 32-bit words.
+
+    Compiled, the one-line kernel on int8 weights loads every 8 of them through a scratch buffer (PyTorch's
+    vector loads of integers take that path, its float32 loads do not). So W's bytes come in as float32
+    words (out, in/4), are reinterpreted as int32 inside the compiled code, and each word's four weights are
+    taken apart by shifting byte j to the top and back down (the sign comes along):
+        w_j = (word << (24 - 8j)) >> 24,   x4[j, i] = x[4i + j]   (little-endian: weight 4i + j is byte j)
+    Faster than the one line, but the reinterpretation is still done value by value: in the model it did
+    not beat PyTorch's int8 kernel, so it stays here as a measured lever."""
+    word = words.view(torch.int32)  # (out, in/4)
+    y = 0
+    for j in range(4):
+        y = y + ((word << (24 - 8 * j)) >> 24).to(torch.float32) * x4[j]  # byte j of every word times its x
+    return y.sum(dim=-1)  # (out,)
+
+
 def matrix_levers(bandwidth: float, repeats: int = 5) -> None:
     """`--levers`: the matrix-vector products alone, over GPT-2 124M's matrices (12 blocks' four, and lm_head),
     one vector each, in every way tried for decoding: GB/s of weights streamed and the share of the bandwidth.
@@ -158,7 +180,8 @@ def matrix_levers(bandwidth: float, repeats: int = 5) -> None:
     gen = torch.Generator().manual_seed(0)
     weights = [torch.randn(shape, generator=gen) * 0.1 for shape in shapes]
     x = {n: torch.randn(n, generator=gen) for n in (768, 3072)}
-    kernel = matvec.kernel()
+    kernel, int8_kernel = matvec.kernel(), torch.compile(int8_words_dot, dynamic=True, fullgraph=True)
+    x4 = {n: v.view(-1, 4).t().contiguous() for n, v in x.items()}  # (4, n/4): x4[j, i] = x[4i + j]
     transposed = [w.t().contiguous() for w in weights]  # (in, out): GPT-2's Conv1D layout, HF's too
     bf16 = [w.bfloat16() for w in weights]
     int8 = [quantize_rows(w) for w in weights]
@@ -169,7 +192,7 @@ def matrix_levers(bandwidth: float, repeats: int = 5) -> None:
         linear.weight.data = w
         linear.qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
         fbgemm.append(torch.ao.nn.quantized.dynamic.Linear.from_float(linear))
-    levers = {  # name: (one pass over every matrix, bytes of weights it reads)
+    levers = {  # name: (one pass over every matrix, bytes of weights it reads), each pass returns W @ x for every W
         "float32, PyTorch's product (MKL, (out, in))": (
             lambda: [F.linear(x[w.shape[1]], w) for w in weights], 4),
         "float32, MKL on prepacked (in, out)": (lambda: [x[w.shape[0]] @ w for w in transposed], 4),
@@ -178,19 +201,26 @@ def matrix_levers(bandwidth: float, repeats: int = 5) -> None:
             lambda: [F.linear(x[w.shape[1]].bfloat16(), w) for w in bf16], 2),
         "bfloat16, streaming kernel": (lambda: [kernel(w, x[w.shape[1]]) for w in bf16], 2),
         "int8, PyTorch's kernel (_weight_int8pack_mm)": (
-            lambda: [torch.ops.aten._weight_int8pack_mm(x[q.shape[1]].bfloat16()[None], q, scale)
+            lambda: [torch.ops.aten._weight_int8pack_mm(x[q.shape[1]].bfloat16()[None], q, scale)[0]
                      for q, scale in int8_bf16], 1),
-        "int8, the streaming kernel's one line (compiled)": (
-            lambda: [kernel(q, x[q.shape[1]]) for q, _ in int8], 1),
+        "int8, the float kernel's one line (compiled)": (
+            lambda: [kernel(q, x[q.shape[1]]) * scale for q, scale in int8], 1),
+        "int8, as 32-bit words taken apart by shifts (compiled)": (
+            lambda: [int8_kernel(q.view(torch.float32), x4[q.shape[1]]) * scale for q, scale in int8], 1),
         "int8 weights and activations, fbgemm (dynamic quantization)": (
-            lambda: [layer(x[layer.in_features][None]) for layer in fbgemm], 1),
+            lambda: [layer(x[layer.in_features][None])[0] for layer in fbgemm], 1),
     }
+    exact = [w.double() @ x[w.shape[1]].double() for w in (weights[0], weights[-1])]  # the first and lm_head
     n_weights = sum(w.numel() for w in weights)
     print(f"\nthe matrices of GPT-2 124M alone, one vector each; bandwidth {bandwidth / 1e9:.1f} GB/s")
     print("| weights, multiplied by | GB/s streamed | of bandwidth |")
     print("|---|---|---|")
     for name, (run, bytes_per_weight) in levers.items():
-        run()  # warm-up (and compiling)
+        out = run()  # warm-up (and compiling), and the check that it computes the product
+        for y, ref in zip((out[0], out[-1]), exact, strict=True):
+            error = float(torch.linalg.norm(y.double() - ref) / torch.linalg.norm(ref))
+            limit = 1e-5 if bytes_per_weight == 4 else 0.03  # float32: rounding only; bf16 and int8 round W
+            assert error < limit, f"{name}: relative error {error:.2g}, not the product"
         best = min(timed(run) for _ in range(repeats))
         streamed = n_weights * bytes_per_weight / best
         print(f"| {name} | {streamed / 1e9:.1f} | {streamed / bandwidth:.0%} |", flush=True)
