@@ -18,7 +18,8 @@ Rows (batch 1, a 1-token prompt, `--tokens` new tokens sampled at temperature 1,
 - ours bfloat16, PyTorch: `model.to(torch.bfloat16)`; ours int8, PyTorch's kernel: `engine/quantize.py`
   (`_weight_int8pack_mm`, `sample.py --int8`);
 - step compiled: `engine/decode.py`'s `CompiledDecoding`, the whole one-token step compiled with fixed
-  shapes, around PyTorch's product or the streaming kernel (the latter is `sample.py --fast`).
+  shapes, around the layers of the row before (float32 with the streaming kernel is `sample.py --fast`,
+  int8 is `sample.py --int8 --fast`).
 - HF float32: `GPT2LMHeadModel.generate` on the same weights (saved by us, loaded by `transformers`).
 Greedy check: 50 greedy tokens of every float32 row of ours against HF's, token for token.
 
@@ -128,7 +129,11 @@ def measure(shape: str, n: int, repeats: int) -> list[dict]:
             lambda: CompiledDecoding(stream_weights(copy.deepcopy(base), "float32")),
         "ours bfloat16, PyTorch product": lambda: copy.deepcopy(base).to(torch.bfloat16),
         "ours bfloat16, streaming kernel": lambda: stream_weights(copy.deepcopy(base), "bfloat16"),
+        "ours bfloat16, streaming kernel, step compiled":
+            lambda: CompiledDecoding(stream_weights(copy.deepcopy(base), "bfloat16")),
         "ours int8, PyTorch kernel (--int8)": lambda: quantize_int8(copy.deepcopy(base)),
+        "ours int8, PyTorch kernel, step compiled (--int8 --fast)":
+            lambda: CompiledDecoding(quantize_int8(copy.deepcopy(base))),
     }
     rows = []
     hf_row = {"shape": name, "variant": "HF float32 (transformers)", "bytes": weight_bytes(hf), "greedy": "-"}

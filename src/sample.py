@@ -29,7 +29,8 @@ What the flags do:
   (`engine/decode.py`), around a kernel that reads each float32 weight once (`engine/matvec.py`). On a
   CPU that is faster for small and large models alike (see the README's benchmarks); the text is the same
   up to the order of additions. Compiling takes a while first (seconds for a small model, about a minute
-  for GPT-2 124M), so it pays off on long texts and in `--interactive` sessions.
+  for GPT-2 124M), so it pays off on long texts and in `--interactive` sessions. With `--int8` the step
+  is compiled around the int8 weights and their kernel: the text of `--int8`, faster.
 
 A prompt longer than the model's context is cut to its last `block_size` tokens (the model cannot see
 further back), with a note on stderr saying so.
@@ -100,7 +101,7 @@ def build_parser() -> ArgumentParser:
                    help="int8 weights: about 2x faster on a CPU, text slightly different (see engine/quantize.py)")
     p.add_argument("--fast", action="store_true",
                    help="compile the decoding step (CPU, engine/decode.py and matvec.py): faster, the same text up "
-                        "to rounding; compiling takes a while first (about a minute for GPT-2 124M)")
+                        "to rounding; compiling takes a while first (about a minute for GPT-2 124M); with --int8 too")
     return p
 
 
@@ -253,14 +254,12 @@ def main(argv: list[str] | None = None) -> None:
     for flag in ("int8", "fast"):
         if getattr(args, flag) and device.type != "cpu":
             raise UserError(f"--{flag} speeds up generation on a CPU only; drop it, or use --device cpu (not {device})")
-    if args.int8 and args.fast:
-        raise UserError("--int8 and --fast are two ways to store the weights: choose one")
     model, tokenizer = load(args.out_dir)
     model.to(device)
     if args.int8:
         quantize_int8(model)
-    if args.fast:
-        model = CompiledDecoding(stream_weights(model, "float32"))
+    if args.fast:  # float32 weights through the streaming kernel; int8 ones keep theirs
+        model = CompiledDecoding(model if args.int8 else stream_weights(model, "float32"))
     try:
         if args.interactive:
             interact(model, tokenizer, args, stops)
