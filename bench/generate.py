@@ -11,7 +11,7 @@ tokens/s, the weight bytes one token reads, those bytes x tokens/s (the rate the
 its fraction of the bandwidth, and the speed-up over HF's float32 decoding measured in the same run.
 
 Rows (batch 1, a 1-token prompt, `--tokens` new tokens sampled at temperature 1, KV cache, median of
-`--repeats` runs after a warm-up):
+`--repeats` runs after a warm-up, the rows of a shape taking turns run by run):
 - ours float32, PyTorch's product: the model as it trains (`F.linear`, MKL's kernel on a CPU);
 - ours float32 / bfloat16, streaming kernel: `src/engine/matvec.py`, one compiled loop that reads each
   weight once and converts it in registers (`stream_weights(model, dtype)`; `sample.py --fast`);
@@ -98,14 +98,20 @@ def spread_weights(model: GPT) -> GPT:
     return model
 
 
-def tokens_per_s(generate, n_tokens: int, repeats: int) -> float:
-    generate()  # warm-up (and, for the streaming kernel, compiling)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        generate()
-        times.append(time.perf_counter() - start)
-    return n_tokens / statistics.median(times)
+def interleaved_tokens_per_s(runs: dict, n_tokens: int, repeats: int) -> dict[str, float]:
+    """Tokens/s of every run (name: a function generating `n_tokens`), the median of `repeats` timings.
+
+    The runs take turns: round r times each of them once, in an order that rotates every round. On a
+    shared machine whose speed drifts over minutes, that puts the drift on every row alike, so the ratios
+    between rows hold even when the absolute figures move."""
+    times = {name: [] for name in runs}
+    names = list(runs)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            start = time.perf_counter()
+            runs[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: n_tokens / statistics.median(t) for name, t in times.items()}
 
 
 def measure(shape: str, n: int, repeats: int) -> list[dict]:
@@ -135,26 +141,27 @@ def measure(shape: str, n: int, repeats: int) -> list[dict]:
         "ours int8, PyTorch kernel, step compiled (--int8 --fast)":
             lambda: CompiledDecoding(quantize_int8(copy.deepcopy(base))),
     }
-    rows = []
-    hf_row = {"shape": name, "variant": "HF float32 (transformers)", "bytes": weight_bytes(hf), "greedy": "-"}
-    hf_row["tokens/s"] = tokens_per_s(
-        lambda: hf.generate(prompt, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=True,
-                            top_k=0, pad_token_id=0), n, repeats)
+    hf_variant = "HF float32 (transformers)"
+    rows = {hf_variant: {"shape": name, "variant": hf_variant, "bytes": weight_bytes(hf), "greedy": "-"}}
+    runs = {hf_variant: lambda: hf.generate(prompt, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                                            do_sample=True, top_k=0, pad_token_id=0)}
     for variant, build in variants.items():
         model = build()
-        row = {"shape": name, "variant": variant, "bytes": weight_bytes(model)}
-        row["tokens/s"] = tokens_per_s(lambda m=model: m.generate(prompt, n, seed=1), n, repeats)
+        rows[variant] = {"shape": name, "variant": variant, "bytes": weight_bytes(model)}
+        runs[variant] = lambda m=model: m.generate(prompt, n, seed=1)
+        runs[variant]()  # warm-up, and compiling where there is something to compile
         if "float32" in variant:
-            row["greedy"] = "yes" if torch.equal(model.generate(prompt, GREEDY_TOKENS, temperature=0), hf_greedy) \
-                else "NO"
+            same = torch.equal(model.generate(prompt, GREEDY_TOKENS, temperature=0), hf_greedy)
+            rows[variant]["greedy"] = "yes" if same else "NO"
         else:
-            row["greedy"] = "-"  # rounded weights: another text is expected (see bench/int8_quality.py)
-        rows.append(row)
-        print(f"  {name}, {variant}: {row['tokens/s']:.1f} tokens/s", file=sys.stderr, flush=True)
-    rows.append(hf_row)
-    for row in rows:
-        row["vs HF"] = row["tokens/s"] / hf_row["tokens/s"]
-    return rows
+            rows[variant]["greedy"] = "-"  # rounded weights: another text is expected (see bench/int8_quality.py)
+        print(f"  {name}, {variant}: ready", file=sys.stderr, flush=True)
+    runs[hf_variant]()
+    speeds = interleaved_tokens_per_s(runs, n, repeats)
+    for variant, row in rows.items():
+        row["tokens/s"] = speeds[variant]
+        row["vs HF"] = speeds[variant] / speeds[hf_variant]
+    return [*list(rows.values())[1:], rows[hf_variant]]
 
 
 def int8_words_dot(words: torch.Tensor, x4: torch.Tensor) -> torch.Tensor:
@@ -240,13 +247,16 @@ def timed(run) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=100, help="new tokens per run")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per row (the median counts)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per row, rows in turn (median)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--levers", action="store_true",
                         help="time the matrix-vector products alone, in every way tried, instead of whole models")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    # Every compiled-step row is its own program for torch.compile (other layer types), two per row at most:
+    # more than its default limit of 8 per function in one process, which sample.py never comes near.
+    torch._dynamo.config.recompile_limit = 64
     if args.levers:
         matrix_levers(read_bandwidth())
         return
@@ -258,9 +268,9 @@ def main() -> None:
     print(f"memory read bandwidth: {bandwidth / 1e9:.1f} GB/s ({args.threads} threads)", file=sys.stderr, flush=True)
     rows = [row for shape in args.shapes for row in measure(shape, args.tokens, args.repeats)]
 
-    print(f"\nbatch 1, a 1-token prompt, {args.tokens} new tokens, sampling, KV cache, median of {args.repeats}; "
-          f"{args.threads} threads; memory read bandwidth {bandwidth / 1e9:.1f} GB/s; CPU: {cpu_description()}; "
-          f"torch {torch.__version__}, transformers {transformers.__version__}; load average "
+    print(f"\nbatch 1, a 1-token prompt, {args.tokens} new tokens, sampling, KV cache, median of {args.repeats}, "
+          f"rows in turn; {args.threads} threads; memory read bandwidth {bandwidth / 1e9:.1f} GB/s; "
+          f"CPU: {cpu_description()}; torch {torch.__version__}, transformers {transformers.__version__}; load average "
           f"{os.getloadavg()[0]:.1f}")
     print("| shape | weights, multiplied by | tokens/s | MB read per token | GB/s streamed | of bandwidth | vs HF fp32 "
           f"| {GREEDY_TOKENS} greedy tokens = HF |")

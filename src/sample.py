@@ -28,8 +28,8 @@ What the flags do:
 - `--fast` compiles the decoding: every one-token step is compiled whole, with fixed shapes
   (`engine/decode.py`), around a kernel that reads each float32 weight once (`engine/matvec.py`). On a
   CPU that is faster for small and large models alike (see the README's benchmarks); the text is the same
-  up to the order of additions. Compiling takes a while first (seconds for a small model, about a minute
-  for GPT-2 124M), so it pays off on long texts and in `--interactive` sessions. With `--int8` the step
+  up to the order of additions. Compiling takes 30-60 s first (the README's benchmarks), so it pays off
+  on long texts and in `--interactive` sessions, which compile once. With `--int8` the step
   is compiled around the int8 weights and their kernel: the text of `--int8`, faster.
 
 A prompt longer than the model's context is cut to its last `block_size` tokens (the model cannot see
@@ -101,7 +101,7 @@ def build_parser() -> ArgumentParser:
                    help="int8 weights: about 2x faster on a CPU, text slightly different (see engine/quantize.py)")
     p.add_argument("--fast", action="store_true",
                    help="compile the decoding step (CPU, engine/decode.py and matvec.py): faster, the same text up "
-                        "to rounding; compiling takes a while first (about a minute for GPT-2 124M); with --int8 too")
+                        "to rounding; compiling takes 30-60 s first; with --int8 too")
     return p
 
 

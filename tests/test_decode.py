@@ -66,7 +66,7 @@ def test_each_step_gives_the_logits_and_cache_of_the_models_own_forward(model):
 def test_compiled_decoding_gives_the_models_greedy_text_and_compiles_at_most_twice(model, weights):
     """150 new tokens after a 3-token prompt: through cache lengths 64 and 100, then past the context, where
     the cache slides (the model re-reads the last 100 tokens). Compiled twice: once for the first length,
-    once more with the length as a symbol."""
+    once more with the length as a symbol; a second text compiles nothing."""
     prompt = torch.tensor([[1, 2, 3]])
     plain = model.generate(prompt, 150, temperature=0)
     inner = stream_weights(copy.deepcopy(model)) if weights == "streamed" else copy.deepcopy(model)
@@ -78,6 +78,8 @@ def test_compiled_decoding_gives_the_models_greedy_text_and_compiles_at_most_twi
     assert torch.equal(out, plain)
     graphs = counters["stats"]["unique_graphs"] - before
     assert 1 <= graphs <= 2 + (weights == "streamed")  # streamed: the kernel, compiled on its own for prompts
+    compiled.generate(torch.tensor([[4, 5]]), 80, temperature=0)  # another text (--interactive): nothing new
+    assert counters["stats"]["unique_graphs"] - before == graphs
 
 
 def test_sampled_text_of_a_batch_equals_the_models(model):
