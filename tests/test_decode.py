@@ -62,6 +62,7 @@ def test_each_step_gives_the_logits_and_cache_of_the_models_own_forward(model):
         torch.testing.assert_close(ours.v[layer][:, :, :70], theirs.v[layer][:, :, :70], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow  # compiles (about 20 s each)
 @pytest.mark.parametrize("weights", ["nn.Linear", "streamed"])
 def test_compiled_decoding_gives_the_models_greedy_text_and_compiles_at_most_twice(model, weights):
     """150 new tokens after a 3-token prompt: through cache lengths 64 and 100, then past the context, where
@@ -82,6 +83,7 @@ def test_compiled_decoding_gives_the_models_greedy_text_and_compiles_at_most_twi
     assert counters["stats"]["unique_graphs"] - before == graphs
 
 
+@pytest.mark.slow  # compiles
 def test_sampled_text_of_a_batch_equals_the_models(model):
     prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
     expected = model.generate(prompt, 30, temperature=0.8, seed=7)

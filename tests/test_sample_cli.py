@@ -368,6 +368,7 @@ def test_a_bigram_checkpoint_streams_too(tmp_path, env):
     assert len(plain) == len("the " * 20) + 30 + 1
 
 
+@pytest.mark.slow  # compiles the decoding step (about 30 s)
 def test_fast_prints_the_float32_text(char_ckpt, env):
     """--fast changes only the order of additions: a trained char model's sampled text stays the same."""
     args = ["--prompt", "the king", "--max-new-tokens", "40", "--seed", "3"]
@@ -376,6 +377,7 @@ def test_fast_prints_the_float32_text(char_ckpt, env):
     assert "could not be compiled" not in fast.stderr  # the kernel itself ran, not the fallback
 
 
+@pytest.mark.slow  # compiles the decoding step (about 30 s)
 def test_fast_with_int8_prints_the_int8_text(char_ckpt, env):
     args = ["--prompt", "the king", "--max-new-tokens", "40", "--seed", "3", "--int8"]
     fast = sample(char_ckpt, *args, "--fast", env=env)

@@ -23,8 +23,10 @@ float64 reference, and `bench/generate.py` shows greedy text equal to Hugging Fa
 weights, so it is opt-in. Without a working compiler (the first call compiles, which needs a C++ compiler
 on a CPU) the layers fall back to the usual product, with one warning.
 
-int8 weights keep engine/quantize.py's kernel: the same one-line kernel on int8 weights compiles to code
-that converts one value at a time, several times slower than PyTorch's int8 kernel (bench/generate.py).
+int8 weights keep engine/quantize.py's kernel: compiled on int8 weights, the same one line loads every 8 of
+them through a scratch buffer (PyTorch's vector loads of integers take that path, its float32 loads do
+not), several times slower than PyTorch's int8 kernel (`bench/generate.py --levers`, which also tries a
+way around it).
 
 Who uses it: `sample.py --fast` (through engine/decode.py, which compiles the whole decoding step around
 it), `bench/generate.py`.
