@@ -27,10 +27,11 @@ What the flags do:
   float32's (rounded weights), so `--seed` reproduces an `--int8` text only with `--int8`.
 - `--fast` compiles the decoding: every one-token step is compiled whole, with fixed shapes
   (`engine/decode.py`), around a kernel that reads each float32 weight once (`engine/matvec.py`). On a
-  CPU that is faster for small and large models alike (see the README's benchmarks); the text is the same
-  up to the order of additions. Compiling takes 30-60 s first (the README's benchmarks), so it pays off
-  on long texts and in `--interactive` sessions, which compile once. With `--int8` the step
-  is compiled around the int8 weights and their kernel: the text of `--int8`, faster.
+  CPU each token then comes faster, for small and large models alike (see the README's benchmarks); the
+  text is the same up to the order of additions. Compiling takes 30-60 s first, and a text uses the
+  compiled step for its first block_size tokens only (past the context every step re-reads it), so it
+  pays off in `--interactive` sessions and over several samples, which compile once. With `--int8` the
+  step is compiled around the int8 weights and their kernel: `--int8`'s text up to rounding, faster.
 
 A prompt longer than the model's context is cut to its last `block_size` tokens (the model cannot see
 further back), with a note on stderr saying so.
@@ -254,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     for flag in ("int8", "fast"):
         if getattr(args, flag) and device.type != "cpu":
             raise UserError(f"--{flag} speeds up generation on a CPU only; drop it, or use --device cpu (not {device})")
+    if args.fast and args.no_cache:
+        raise UserError("--fast compiles the step that decodes after the KV cache: drop --no-cache, or --fast")
     model, tokenizer = load(args.out_dir)
     model.to(device)
     if args.int8:

@@ -385,5 +385,6 @@ def test_fast_with_int8_prints_the_int8_text(char_ckpt, env):
     assert "could not be compiled" not in fast.stderr
 
 
-def test_fast_off_the_cpu_is_a_one_line_error(char_ckpt, env):
-    assert_one_line_error(sample(char_ckpt, "--fast", "--device", "cuda", env=env), "cuda")
+@pytest.mark.parametrize("flags", [["--device", "cuda"], ["--no-cache"]])
+def test_fast_off_the_cpu_or_without_a_cache_is_a_one_line_error(char_ckpt, env, flags):
+    assert_one_line_error(sample(char_ckpt, "--fast", *flags, env=env), flags[-1].removeprefix("--"))

@@ -17,13 +17,19 @@ with `pos` a tensor, so the next position is the same program with another input
 smallest power of two (at least 64) that holds pos + 1 keys, capped at the context: reading the whole
 context at every step would add 75 MB of cache reads per token to GPT-2 124M's ~500 MB of weights at the
 start of a text. After a second length, torch.compile turns the length into a symbol (its automatic
-dynamic shapes) and compiles no more, so a text costs at most two compilations.
+dynamic shapes), and reading the whole cache (a slice that is the whole tensor) is one more program: a
+process compiles the step at most three times per batch size, whatever it generates.
 
 What is shared. The cache is the model's own `KVCache`, which already holds the whole context: the prompt
 goes through `GPT.forward` as usual (many positions at once, which the compiled step would not speed up),
 then every new token goes through the compiled step, which writes its key and value at `pos` and moves
 `pos` on. `CompiledDecoding` wraps a model so that `generate` uses it unchanged. Where compiling does not
-work (no C++ compiler, an unsupported model) it says so once and decodes with the model itself.
+work (no C++ compiler, too many programs in one process) it says so once and decodes with the model itself.
+
+What it does not cover. Once a text fills the context, `generate` re-reads the last block_size tokens at
+every step (the positions shift, so the cache cannot simply be reused): those steps are prompts, run by the
+model. A text gets the compiled step for its first block_size tokens, so compiling pays off where one
+process decodes many texts: `sample.py --interactive`, or several samples.
 
 Checked against `GPT.forward` with a cache (tests/test_decode.py): the same logits up to float32
 rounding, and the same greedy text across a length boundary and past the cache sliding.
@@ -37,11 +43,16 @@ import warnings
 
 import torch
 import torch.nn as nn
+from torch._dynamo.exc import BackendCompilerFailed, FailOnRecompileLimitHit
 from torch.nn import functional as F
 
 from src.generate import generate as _generate
 
 MIN_LENGTH = 64  # the shortest cache length the step reads
+# What compiling can fail with where the maths is fine: the compiler itself (no C++ compiler, an unsupported
+# platform), or more programs for this function than torch.compile allows in one process. A mistake in
+# the step is none of these and surfaces as it is.
+COMPILE_FAILURES = (BackendCompilerFailed, FailOnRecompileLimitHit)
 
 
 def cache_length(pos: int, block_size: int) -> int:
@@ -107,7 +118,7 @@ class CompiledDecoding(nn.Module):
         token = idx.clone(memory_format=torch.contiguous_format)
         try:
             logits = self.step(self.model, token, pos, cache_length(cache.pos, self.block_size), cache.k, cache.v)
-        except Exception as err:  # no C++ compiler, too many recompilations: say so once, then go on without
+        except COMPILE_FAILURES as err:  # no C++ compiler, too many programs: say so once, then go on without
             self.broken = err
             warnings.warn(f"the decoding step could not be compiled ({str(err)[:200]}); decoding without it",
                           stacklevel=2)
