@@ -63,21 +63,20 @@ def test_each_step_gives_the_logits_and_cache_of_the_models_own_forward(model):
         torch.testing.assert_close(ours.v[layer][:, :, :70], theirs.v[layer][:, :, :70], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.slow  # compiles (about 20 s each)
-@pytest.mark.parametrize("weights", ["nn.Linear", "streamed"])
-def test_compiled_decoding_gives_the_models_greedy_text_and_compiles_at_most_three_times(weights):
+@pytest.mark.slow  # compiles (about 20 s)
+def test_compiled_decoding_gives_the_models_greedy_text_and_compiles_at_most_three_times():
     """320 new tokens after a 3-token prompt, with a context of 300: through cache lengths 64, 128, 256 and
     300, then past the context, where the cache slides (the model re-reads the last 300 tokens). Compiled
     three times: for the first length, with the length as a symbol, and for the whole cache; a second,
-    shorter text runs those programs and compiles nothing."""
+    shorter text runs those programs and compiles nothing. With streamed weights, as `sample.py --fast` runs
+    it (the step around plain `nn.Linear` layers is checked eagerly above, and compiled in the batch test)."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=20, block_size=300, n_layer=2, n_head=2, d_model=32)).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.3)
-    inner = stream_weights(copy.deepcopy(model)) if weights == "streamed" else copy.deepcopy(model)
-    compiled = CompiledDecoding(inner)
+    compiled = CompiledDecoding(stream_weights(copy.deepcopy(model)))
     before = counters["stats"]["unique_graphs"]
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*could not be compiled")  # the step must really run
@@ -85,7 +84,7 @@ def test_compiled_decoding_gives_the_models_greedy_text_and_compiles_at_most_thr
             assert torch.equal(compiled.generate(prompt, n, temperature=0), model.generate(prompt, n, temperature=0))
             if n == 320:
                 graphs = counters["stats"]["unique_graphs"] - before
-    assert 1 <= graphs <= 3 + (weights == "streamed")  # streamed: the kernel, compiled on its own for prompts
+    assert 1 <= graphs <= 4  # the step's three, and the streaming kernel, compiled on its own
     assert counters["stats"]["unique_graphs"] - before == graphs  # the second text: nothing new
 
 
