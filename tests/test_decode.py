@@ -16,17 +16,20 @@ from src.engine.matvec import stream_weights
 from src.model import GPT, GPTConfig
 
 
-@pytest.fixture
-def model() -> GPT:
-    """A small GPT whose context (100) is no power of two, with spread weights: clearly separated logits,
-    so greedy text does not hinge on rounding."""
+def spread_model(block_size: int) -> GPT:
+    """A small GPT with spread weights: clearly separated logits, so greedy text does not hinge on rounding."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=20, block_size=100, n_layer=2, n_head=2, d_model=32)).eval()
+    model = GPT(GPTConfig(vocab_size=20, block_size=block_size, n_layer=2, n_head=2, d_model=32)).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.3)
     return model
+
+
+@pytest.fixture
+def model() -> GPT:
+    return spread_model(100)  # a context that is no power of two
 
 
 @pytest.fixture(autouse=True)
@@ -70,12 +73,7 @@ def test_compiled_decoding_gives_the_models_greedy_text_and_compiles_at_most_thr
     three times: for the first length, with the length as a symbol, and for the whole cache; a second,
     shorter text runs those programs and compiles nothing. With streamed weights, as `sample.py --fast` runs
     it (the step around plain `nn.Linear` layers is checked eagerly above, and compiled in the batch test)."""
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=20, block_size=300, n_layer=2, n_head=2, d_model=32)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.3)
+    model = spread_model(300)
     compiled = CompiledDecoding(stream_weights(copy.deepcopy(model)))
     before = counters["stats"]["unique_graphs"]
     with warnings.catch_warnings():
