@@ -1,6 +1,6 @@
 """Decoding speed against the memory-bandwidth limit, next to Hugging Face `transformers` in the same run.
 
-    python bench/generate.py [--tokens 100] [--repeats 3] [--threads N] [--shapes 124M char]
+    python bench/generate.py [--tokens 100] [--repeats 5] [--threads N] [--shapes 124M char]
     python bench/generate.py --levers     # the matrix-vector products alone, in every way tried
 
 A decoding step reads every weight of the model once, for one multiply-add each, so on a CPU its time is
@@ -14,12 +14,12 @@ Rows (batch 1, a 1-token prompt, `--tokens` new tokens sampled at temperature 1,
 `--repeats` runs after a warm-up, the rows of a shape taking turns run by run):
 - ours float32, PyTorch's product: the model as it trains (`F.linear`, MKL's kernel on a CPU);
 - ours float32 / bfloat16, streaming kernel: `src/engine/matvec.py`, one compiled loop that reads each
-  weight once and converts it in registers (`stream_weights(model, dtype)`; `sample.py --fast`);
+  weight once and converts it in registers (`stream_weights(model, dtype)`);
 - ours bfloat16, PyTorch: `model.to(torch.bfloat16)`; ours int8, PyTorch's kernel: `engine/quantize.py`
   (`_weight_int8pack_mm`, `sample.py --int8`);
 - step compiled: `engine/decode.py`'s `CompiledDecoding`, the whole one-token step compiled with fixed
   shapes, around the layers of the row before (float32 with the streaming kernel is `sample.py --fast`,
-  int8 is `sample.py --int8 --fast`).
+  int8 is `sample.py --int8 --fast`);
 - HF float32: `GPT2LMHeadModel.generate` on the same weights (saved by us, loaded by `transformers`).
 Greedy check: 50 greedy tokens of every float32 row of ours against HF's, token for token.
 
