@@ -100,19 +100,14 @@ class CompiledDecoding(nn.Module):
     def block_size(self) -> int:
         return self.model.block_size
 
-    @property
-    def config(self):
-        return self.model.config
-
     def new_kv_cache(self, batch_size: int):
         return self.model.new_kv_cache(batch_size)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache=None, last_only: bool = False):
         """As `GPT.forward` (without `return_attention`); one token after a filled cache takes the compiled step."""
-        if cache is None or idx.shape[1] != 1 or cache.pos == 0 or targets is not None or self.broken:
+        prompt = cache is None or idx.shape[1] != 1 or cache.pos == 0 or targets is not None
+        if prompt or cache.pos >= self.block_size or self.broken:  # a full context: the model's own error
             return self.model(idx, targets, cache=cache, last_only=last_only)
-        if cache.pos >= self.block_size:
-            return self.model(idx, cache=cache, last_only=last_only)  # the model's own error: context full
         pos = torch.tensor(cache.pos, device=idx.device)
         # (B, 1) with strides of its own: a slice of the growing text has new ones, which would be a new program
         token = idx.clone(memory_format=torch.contiguous_format)
