@@ -8,6 +8,8 @@ engine files, a lazy import, an isinstance on GPT in train.py) and watching the 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,6 +106,16 @@ def test_no_lazy_imports_of_our_own_modules():
     such as huggingface_hub and matplotlib, may still be imported where they are needed)."""
     hidden = {module_name(p): src_imports(p)[1] for p in SRC.rglob("*.py")}
     assert {m: names for m, names in hidden.items() if names} == {}
+
+
+def test_the_commands_start_without_loading_torchs_compiler():
+    """torch._dynamo takes ~2 s to import: a command loads it only when it compiles (`--compile`, `--fast`),
+    not for `--help`, an error in a flag, or a plain run. Checked by importing it at the top of
+    engine/decode.py again: sample.py's start went from 3.5 s to 6.4 s, and this test failed."""
+    commands = ", ".join(f"src.{name}" for name in sorted(COMMANDS))
+    code = f"import sys, {commands}; print(sorted(m for m in sys.modules if m.startswith('torch._dynamo'))[:3])"
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"
 
 
 def test_reading_path_library_files_use_only_the_leaf_helpers_of_the_engine(graph):

@@ -43,16 +43,24 @@ import warnings
 
 import torch
 import torch.nn as nn
-from torch._dynamo.exc import BackendCompilerFailed, FailOnRecompileLimitHit
 from torch.nn import functional as F
 
 from src.generate import generate as _generate
 
 MIN_LENGTH = 64  # the shortest cache length the step reads
-# What compiling can fail with where the maths is fine: the compiler itself (no C++ compiler, an unsupported
-# platform), or more programs for this function than torch.compile allows in one process. A mistake in
-# the step is none of these and surfaces as it is.
-COMPILE_FAILURES = (BackendCompilerFailed, FailOnRecompileLimitHit)
+
+
+def compile_failures() -> tuple[type[Exception], ...]:
+    """What compiling can fail with where the maths is fine: the compiler itself (no C++ compiler, an
+    unsupported platform), or more programs for this function than torch.compile allows in one process. A
+    mistake in the step is none of these and surfaces as it is.
+
+    Imported here, not at the top: loading torch's compiler takes ~2 s, which every `sample.py` run would pay
+    for a flag it may not use; `torch.compile` loads it anyway.
+    """
+    from torch._dynamo.exc import BackendCompilerFailed, FailOnRecompileLimitHit
+
+    return BackendCompilerFailed, FailOnRecompileLimitHit
 
 
 def cache_length(pos: int, block_size: int) -> int:
@@ -94,6 +102,7 @@ class CompiledDecoding(nn.Module):
         super().__init__()
         self.model = model
         self.step = torch.compile(decode_step, fullgraph=True)
+        self.failures = compile_failures()
         self.broken = None  # the error, once compiling has failed: from then on the model decodes alone
 
     @property
@@ -113,7 +122,7 @@ class CompiledDecoding(nn.Module):
         token = idx.clone(memory_format=torch.contiguous_format)
         try:
             logits = self.step(self.model, token, pos, cache_length(cache.pos, self.block_size), cache.k, cache.v)
-        except COMPILE_FAILURES as err:  # no C++ compiler, too many programs: say so once, then go on without
+        except self.failures as err:  # no C++ compiler, too many programs: say so once, then go on without
             self.broken = err
             warnings.warn(f"the decoding step could not be compiled ({str(err)[:200]}); decoding without it",
                           stacklevel=2)
