@@ -370,14 +370,17 @@ def test_draw_follows_unnormalised_probabilities_with_many_zeros():
     assert torch.allclose(freq[[3, 500, 999]], torch.tensor([0.5, 0.25, 0.25]), atol=0.01)
 
 
-def test_draw_matches_multinomial_in_distribution_on_a_gpt2_sized_vocabulary():
+def test_draw_follows_the_probabilities_on_a_gpt2_sized_vocabulary():
+    """The oracle is the distribution itself: each of the five likeliest tokens is drawn at its probability,
+    within 5 standard deviations of a frequency over n draws. Stricter than comparing with torch.multinomial
+    (20,000 draws each, 53 s here; now 6 s): sharpening the distribution to p ** 1.1 fails this test only."""
     g = torch.Generator().manual_seed(1)
     probs = torch.softmax(torch.randn(1, 50_257, generator=g) * 3, dim=-1)  # (1, V), a peaked softmax
-    top = probs.topk(5).indices[0]
-    ours = torch.cat([draw(probs, g) for _ in range(20_000)]).flatten()
-    theirs = torch.multinomial(probs.expand(20_000, -1), 1, generator=g).flatten()
-    for token in top:
-        assert abs((ours == token).float().mean() - (theirs == token).float().mean()) < 0.015
+    top = probs.topk(5)
+    n = 8_000
+    ids = torch.cat([draw(probs.expand(500, -1), g) for _ in range(n // 500)]).flatten()  # (n,)
+    for p, token in zip(top.values[0].tolist(), top.indices[0].tolist()):
+        assert abs((ids == token).float().mean().item() - p) < 5 * (p * (1 - p) / n) ** 0.5
 
 
 # --- find_stop ------------------------------------------------------------------------------------
