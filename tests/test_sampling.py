@@ -379,7 +379,7 @@ def test_draw_follows_the_probabilities_on_a_gpt2_sized_vocabulary():
     top = probs.topk(5)
     n = 8_000
     ids = torch.cat([draw(probs.expand(500, -1), g) for _ in range(n // 500)]).flatten()  # (n,)
-    for p, token in zip(top.values[0].tolist(), top.indices[0].tolist()):
+    for p, token in zip(top.values[0].tolist(), top.indices[0].tolist(), strict=True):
         assert abs((ids == token).float().mean().item() - p) < 5 * (p * (1 - p) / n) ** 0.5
 
 
