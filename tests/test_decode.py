@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch._dynamo.exc import BackendCompilerFailed
 from torch._dynamo.utils import counters
+from torch._inductor.utils import run_and_get_code
 
 from src.engine.decode import MIN_LENGTH, CompiledDecoding, cache_length, decode_step
 from src.engine.matvec import stream_weights
@@ -94,6 +95,26 @@ def test_sampled_text_of_a_batch_equals_the_models(model):
         warnings.filterwarnings("error", message=".*could not be compiled")
         out = CompiledDecoding(copy.deepcopy(model)).generate(prompt, 30, temperature=0.8, seed=7)
     assert torch.equal(out, expected)
+
+
+@pytest.mark.slow  # compiles
+@torch.inference_mode()
+def test_the_compiled_product_loop_reads_a_weight_row_and_a_stored_input():
+    """The oracle is the program torch.compile writes. Left to itself, it folds ln_f into lm_head's loop and
+    redoes the LayerNorm for every one of the vocabulary's rows: 6 loads per step of that loop (the weights,
+    x, its mean and spread, the gain, the bias) instead of 3 (the weights, the normalized x, the bias).
+    Checked by compiling without CompiledDecoding's option: 6 loads, and this test failed."""
+    torch.manual_seed(0)
+    model = stream_weights(GPT(GPTConfig(vocab_size=1237, block_size=64, n_layer=1, n_head=2, d_model=32)).eval(),
+                           "bfloat16")
+    compiled, cache = CompiledDecoding(model), model.new_kv_cache(1)
+    token = torch.zeros(1, 1, dtype=torch.long)
+    model(token, cache=cache)
+    _, sources = run_and_get_code(compiled, token, cache=cache)
+    code = "\n".join(sources)
+    start = code.index("<static_cast<int64_t>(1237L)")  # the loop over lm_head's 1,237 rows
+    loop = code[start : code.index("[static_cast<int64_t>(x0)] =", start)]
+    assert loop.count("loadu(") == 3
 
 
 def test_without_a_compiler_it_warns_once_and_decodes_with_the_model(model):
