@@ -5,7 +5,7 @@ small operations around them (layer norms, attention over the cache, GELU, resid
 embedding). Run one by one, each small operation costs microseconds of Python and dispatch. For GPT-2
 124M, whose weights take ~30 ms to read, that is a few ms per token; for a small character model, whose
 weights are read in about a millisecond, it is most of the time. Compiled as one program, the step becomes
-a handful of fused loops behind a single call.
+one program behind a single call.
 
 Why fixed shapes. `GPT.forward` with a `KVCache` attends over the first pos + 1 positions of the cache, a
 length that grows with every token: a compiler would see a new program at every step. Here the step reads
@@ -39,11 +39,11 @@ Who uses it: `sample.py --fast` (with the weights of engine/matvec.py), `bench/g
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
 import torch.nn as nn
-from torch.nn import functional as F
 
 from src.generate import generate as _generate
 
@@ -80,15 +80,18 @@ def decode_step(model: nn.Module, token: torch.Tensor, pos: torch.Tensor, length
     t, C, nh = model.transformer, model.config.d_model, model.config.n_head
     B = token.shape[0]
     x = t.wte(token) + t.wpe(pos.view(1))  # (B, 1, C)
-    seen = (torch.arange(length, device=token.device) <= pos).view(1, length)  # (1, length): keys written
+    seen = torch.arange(length, device=token.device) <= pos  # (length,): the keys written so far
     for layer, block in enumerate(t.h):
         qkv = block.attn.c_attn(block.ln_1(x))  # (B, 1, 3C)
         q, k, v = qkv.view(B, 1, 3, nh, C // nh).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, 1, hs)
         keys[layer].index_copy_(2, pos.view(1), k)  # (B, nh, block_size, hs): this token's key at pos
         values[layer].index_copy_(2, pos.view(1), v)
-        y = F.scaled_dot_product_attention(q, keys[layer][:, :, :length], values[layer][:, :, :length],
-                                           attn_mask=seen)  # (B, nh, 1, hs)
-        x = x + block.attn.c_proj(y.transpose(1, 2).reshape(B, 1, C))  # (B, 1, C); no dropout: generating
+        # One query against `length` keys, written out rather than F.scaled_dot_product_attention: the compiler
+        # then fuses it into the step's single program, where the fused kernel would be a separate call per layer.
+        att = (q * keys[layer][:, :, :length]).sum(dim=-1) / math.sqrt(C // nh)  # (B, nh, length)
+        att = att.masked_fill(~seen, float("-inf")).softmax(dim=-1)  # a key not written yet weighs exactly 0
+        y = (att.unsqueeze(-1) * values[layer][:, :, :length]).sum(dim=2)  # (B, nh, hs)
+        x = x + block.attn.c_proj(y.reshape(B, 1, C))  # (B, 1, C); no dropout: generating
         x = x + block.mlp(block.ln_2(x))
     return model.lm_head(t.ln_f(x))[:, -1]  # (B, V)
 
