@@ -4,8 +4,8 @@ Why. Generating one token runs the model on one position: a few dozen matrix-vec
 small operations around them (layer norms, attention over the cache, GELU, residual adds, the position
 embedding). Run one by one, each small operation costs microseconds of Python and dispatch. For GPT-2
 124M, whose weights take ~30 ms to read, that is a few ms per token; for a small character model, whose
-weights are read in about a millisecond, it is most of the time. Compiled as one program, the step becomes
-one program behind a single call.
+weights are read in about a millisecond, it is most of the time. Compiled, the step becomes one program
+behind a single call.
 
 Why fixed shapes. `GPT.forward` with a `KVCache` attends over the first pos + 1 positions of the cache, a
 length that grows with every token: a compiler would see a new program at every step. Here the step reads
