@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
+from torch._dynamo.exc import BackendCompilerFailed
 
 from src.engine import matvec
 from src.engine.matvec import StreamingLinear, rowwise_dot, stream_weights
@@ -72,7 +73,7 @@ def test_decoding_with_streamed_weights_gives_the_plain_models_greedy_text():
 
 def test_without_a_compiler_it_warns_once_and_falls_back(monkeypatch):
     def broken(weight, x):
-        raise RuntimeError("no C++ compiler")
+        raise BackendCompilerFailed("inductor", RuntimeError("no C++ compiler"), None)
 
     monkeypatch.setattr(matvec, "_broken", [])
     monkeypatch.setattr(matvec, "_compiled", [broken])
@@ -85,3 +86,14 @@ def test_without_a_compiler_it_warns_once_and_falls_back(monkeypatch):
         warnings.simplefilter("error")  # ... and no second warning
         layer(x)
     assert matvec.kernel() is None
+
+
+def test_a_mistake_in_the_kernel_is_not_taken_for_a_missing_compiler(monkeypatch):
+    """Only what compiling fails with falls back; any other error is a bug and surfaces as it is."""
+    def wrong(weight, x):
+        raise IndexError("a bug in the maths")
+
+    monkeypatch.setattr(matvec, "_broken", [])
+    monkeypatch.setattr(matvec, "_compiled", [wrong])
+    with pytest.raises(IndexError, match="a bug"):
+        StreamingLinear(nn.Linear(8, 4))(torch.randn(1, 8))

@@ -45,22 +45,10 @@ import warnings
 import torch
 import torch.nn as nn
 
+from src.engine.matvec import compile_failures
 from src.generate import generate as _generate
 
 MIN_LENGTH = 64  # the shortest cache length the step reads
-
-
-def compile_failures() -> tuple[type[Exception], ...]:
-    """What compiling can fail with where the maths is fine: the compiler itself (no C++ compiler, an
-    unsupported platform), or more programs for this function than torch.compile allows in one process. A
-    mistake in the step is none of these and surfaces as it is.
-
-    Imported here, not at the top: loading torch's compiler takes ~2 s, which every `sample.py` run would pay
-    for a flag it may not use; `torch.compile` loads it anyway.
-    """
-    from torch._dynamo.exc import BackendCompilerFailed, FailOnRecompileLimitHit
-
-    return BackendCompilerFailed, FailOnRecompileLimitHit
 
 
 def cache_length(pos: int, block_size: int) -> int:

@@ -51,6 +51,19 @@ _compiled = []  # the compiled kernel, made on first use
 _broken = []  # the error, once compiling has failed: from then on every layer takes the usual product
 
 
+def compile_failures() -> tuple[type[Exception], ...]:
+    """What compiling can fail with where the maths is fine: the compiler itself (no C++ compiler, an
+    unsupported platform), or more programs for one function than torch.compile allows in one process. A
+    mistake in the maths is none of these and surfaces as it is.
+
+    Imported here, not at the top: loading torch's compiler takes ~2 s, which every `sample.py` run would pay
+    for a flag it may not use; `torch.compile` loads it anyway. Used by engine/decode.py too.
+    """
+    from torch._dynamo.exc import BackendCompilerFailed, FailOnRecompileLimitHit
+
+    return BackendCompilerFailed, FailOnRecompileLimitHit
+
+
 def kernel():
     """`rowwise_dot`, compiled; None where compiling does not work."""
     if _broken:
@@ -90,7 +103,7 @@ class StreamingLinear(nn.Module):
             return None
         try:
             return fn(self.weight, x)  # (out,)
-        except Exception as err:  # no C++ compiler, an unsupported platform: say so once, then go on without
+        except compile_failures() as err:  # no C++ compiler, an unsupported platform: say so once, go on without
             _broken.append(err)
             warnings.warn(f"the streaming matrix-vector kernel could not be compiled ({str(err)[:200]}); "
                           "using PyTorch's product instead", stacklevel=2)
