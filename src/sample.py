@@ -28,7 +28,8 @@ What the flags do:
 - `--fast` compiles the decoding: every one-token step is compiled whole, with fixed shapes
   (`engine/decode.py`), around a kernel that reads each float32 weight once (`engine/matvec.py`). On a
   CPU each token then comes faster, for small and large models alike (see the README's benchmarks); the
-  text is the same up to the order of additions. Compiling takes 30-60 s first, and a text uses the
+  text is the same up to the order of additions. Compiling takes 30-100 s the first time (5-25 s once
+  torch's disk cache holds the programs), and a text uses the
   compiled step for its first block_size tokens only (past the context every step re-reads it), so it
   pays off in `--interactive` sessions and over several samples, which compile once. With `--int8` the
   step is compiled around the int8 weights and their kernel: `--int8`'s text up to rounding, faster.
@@ -102,7 +103,7 @@ def build_parser() -> ArgumentParser:
                    help="int8 weights: about 2x faster on a CPU, text slightly different (see engine/quantize.py)")
     p.add_argument("--fast", action="store_true",
                    help="compile the decoding step (CPU, engine/decode.py and matvec.py): faster, the same text up "
-                        "to rounding; compiling takes 30-60 s first; with --int8 too")
+                        "to rounding; compiling takes 30-100 s the first time, 5-25 s after; with --int8 too")
     return p
 
 
