@@ -29,9 +29,9 @@ What the flags do:
   (`engine/decode.py`), around a kernel that reads each float32 weight once (`engine/matvec.py`). On a
   CPU each token then comes faster, for small and large models alike (see the README's benchmarks); the
   text is the same up to the order of additions. Compiling takes 30-100 s the first time (5-25 s once
-  torch's disk cache holds the programs), and a text uses the
-  compiled step for its first block_size tokens only (past the context every step re-reads it), so it
-  pays off in `--interactive` sessions and over several samples, which compile once. With `--int8` the
+  torch's disk cache holds the programs), and a text uses the compiled step for its first block_size
+  tokens only (past the context every step re-reads it), so it pays off in `--interactive` sessions and
+  over several samples, which compile once. With `--int8` the
   step is compiled around the int8 weights and their kernel: `--int8`'s text up to rounding, faster.
 
 A prompt longer than the model's context is cut to its last `block_size` tokens (the model cannot see

@@ -109,9 +109,9 @@ def test_no_lazy_imports_of_our_own_modules():
 
 
 def test_the_commands_start_without_loading_torchs_compiler():
-    """torch._dynamo takes ~2 s to import: a command loads it only when it compiles (`--compile`, `--fast`),
-    not for `--help`, an error in a flag, or a plain run. Checked by importing it at the top of
-    engine/decode.py again: sample.py's start went from 3.5 s to 6.4 s, and this test failed."""
+    """torch._dynamo takes ~2 s to import: importing a command's module must not load it, so that `--help`,
+    a mistyped flag and a run without compiling do not pay for it. Checked by importing it at the top of
+    engine/decode.py again: `sample.py --help` went from 3.5 s to 6.4 s, and this test failed."""
     commands = ", ".join(f"src.{name}" for name in sorted(COMMANDS))
     code = f"import sys, {commands}; print(sorted(m for m in sys.modules if m.startswith('torch._dynamo'))[:3])"
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)

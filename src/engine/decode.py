@@ -94,10 +94,10 @@ class CompiledDecoding(nn.Module):
         self.model = model
         # Left to itself the compiler folds each LayerNorm into the product that follows and redoes it for every
         # row of the weight matrix (50,257 times for lm_head). Storing every intermediate result that reads more
-        # than 3 tensors keeps a product's loop to a weight row and a stored x (tests/test_decode.py reads the
-        # program): 124M's bf16 step went from 28 ms to 22 ms here. A product reads 2 (W, x): it stays one loop.
+        # than 3 tensors (the CPU default is 12) keeps a product's loop to a weight row, the stored x and at most
+        # a bias added to x: 3 reads, so the product itself stays one loop (tests/test_decode.py reads the
+        # program). 124M's bf16 step went from 28-31 ms to 22 ms here.
         self.step = torch.compile(decode_step, fullgraph=True, options={"realize_acc_reads_threshold": 3})
-        self.failures = compile_failures()
         self.broken = None  # the error, once compiling has failed: from then on the model decodes alone
 
     @property
@@ -117,7 +117,7 @@ class CompiledDecoding(nn.Module):
         token = idx.clone(memory_format=torch.contiguous_format)
         try:
             logits = self.step(self.model, token, pos, cache_length(cache.pos, self.block_size), cache.k, cache.v)
-        except self.failures as err:  # no C++ compiler, too many programs: say so once, then go on without
+        except compile_failures() as err:  # no C++ compiler, too many programs: say so once, then go on without
             self.broken = err
             warnings.warn(f"the decoding step could not be compiled ({str(err)[:200]}); decoding without it",
                           stacklevel=2)

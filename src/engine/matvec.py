@@ -21,7 +21,8 @@ weight in `dtype` and uses the kernel for one row at a time (decoding); several 
 usual matrix product. In float32 it changes nothing but the order of additions (tests compare it with a
 float64 reference, and `bench/generate.py` shows greedy text equal to Hugging Face's); bfloat16 rounds the
 weights, so it is opt-in. Without a working compiler (the first call compiles, which needs a C++ compiler
-on a CPU) the layers fall back to the usual product, with one warning.
+on a CPU) the layers fall back to the usual product, with one warning; any other error is a bug and
+surfaces as it is.
 
 int8 weights keep engine/quantize.py's kernel: compiled on int8 weights, the same one line loads every 8 of
 them through a scratch buffer (PyTorch's vector loads of integers take that path, its float32 loads do
