@@ -161,7 +161,7 @@ def measure(shape: str, n: int, repeats: int) -> list[dict]:
     for variant, row in rows.items():
         row["tokens/s"] = speeds[variant]
         row["vs HF"] = speeds[variant] / speeds[hf_variant]
-    return [*list(rows.values())[1:], rows[hf_variant]]
+    return [row for variant, row in rows.items() if variant != hf_variant] + [rows[hf_variant]]  # HF last
 
 
 def int8_words_dot(words: torch.Tensor, x4: torch.Tensor) -> torch.Tensor:
@@ -254,7 +254,7 @@ def main() -> None:
                         help="time the matrix-vector products alone, in every way tried, instead of whole models")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    # Every compiled-step row is its own program for torch.compile (other layer types), two per row at most:
+    # Every compiled-step row is its own program for torch.compile (other layer types), three per row at most:
     # more than its default limit of 8 per function in one process, which sample.py never comes near.
     torch._dynamo.config.recompile_limit = 64
     if args.levers:

@@ -31,8 +31,8 @@ What the flags do:
   text is the same up to the order of additions. Compiling takes 30-100 s the first time (5-25 s once
   torch's disk cache holds the programs), and a text uses the compiled step for its first block_size
   tokens only (past the context every step re-reads it), so it pays off in `--interactive` sessions and
-  over several samples, which compile once. With `--int8` the
-  step is compiled around the int8 weights and their kernel: `--int8`'s text up to rounding, faster.
+  over several samples, which compile once. With `--int8` the step is compiled around the int8 weights
+  and their kernel: `--int8`'s text up to rounding, faster.
 
 A prompt longer than the model's context is cut to its last `block_size` tokens (the model cannot see
 further back), with a note on stderr saying so.
