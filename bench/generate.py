@@ -15,8 +15,10 @@ Rows (batch 1, a 1-token prompt, `--tokens` new tokens sampled at temperature 1,
 - ours float32, PyTorch's product: the model as it trains (`F.linear`, MKL's kernel on a CPU);
 - ours float32 / bfloat16, streaming kernel: `src/engine/matvec.py`, one compiled loop that reads each
   weight once and converts it in registers (`stream_weights(model, dtype)`);
-- ours bfloat16, PyTorch: `model.to(torch.bfloat16)`; ours int8, PyTorch's kernel: `engine/quantize.py`
-  (`_weight_int8pack_mm`, `sample.py --int8`);
+- ours bfloat16, PyTorch: `model.to(torch.bfloat16)`;
+- ours int8 (`engine/quantize.py`, one scale per row), our kernel: `engine/int8_matvec.py`, a C loop that
+  reads each int8 weight once (`sample.py --int8`); PyTorch's kernel: `_weight_int8pack_mm`, what
+  `--int8` falls back to without a C compiler;
 - step compiled: `engine/decode.py`'s `CompiledDecoding`, the whole one-token step compiled with fixed
   shapes, around the layers of the row before (float32 with the streaming kernel is `sample.py --fast`,
   int8 is `sample.py --int8 --fast`);
@@ -47,9 +49,10 @@ from torch.nn import functional as F  # noqa: E402
 
 from src.engine.checkpoint import save_checkpoint  # noqa: E402
 from src.engine.decode import CompiledDecoding  # noqa: E402
+from src.engine.int8_matvec import int8_matvec  # noqa: E402
 from src.engine.matvec import stream_weights  # noqa: E402
 from src.engine.perf import cpu_description  # noqa: E402
-from src.engine.quantize import quantize_int8  # noqa: E402
+from src.engine.quantize import Int8Linear, quantize_int8  # noqa: E402
 from src.model import GPT, GPTConfig  # noqa: E402
 from src.tokenizer import CharTokenizer  # noqa: E402
 
@@ -98,6 +101,14 @@ def spread_weights(model: GPT) -> GPT:
     return model
 
 
+def pytorchs_int8_kernel(model: nn.Module) -> nn.Module:
+    """An int8 model whose layers decode with PyTorch's `_weight_int8pack_mm`, as where ours cannot be compiled."""
+    for module in model.modules():
+        if isinstance(module, Int8Linear):
+            module.own_kernel = False
+    return model
+
+
 def interleaved_tokens_per_s(runs: dict, n_tokens: int, repeats: int) -> dict[str, float]:
     """Tokens/s of every run (name: a function generating `n_tokens`), the median of `repeats` timings.
 
@@ -137,8 +148,11 @@ def measure(shape: str, n: int, repeats: int) -> list[dict]:
         "ours bfloat16, streaming kernel": lambda: stream_weights(copy.deepcopy(base), "bfloat16"),
         "ours bfloat16, streaming kernel, step compiled":
             lambda: CompiledDecoding(stream_weights(copy.deepcopy(base), "bfloat16")),
-        "ours int8, PyTorch kernel (--int8)": lambda: quantize_int8(copy.deepcopy(base)),
-        "ours int8, PyTorch kernel, step compiled (--int8 --fast)":
+        "ours int8, PyTorch's kernel": lambda: pytorchs_int8_kernel(quantize_int8(copy.deepcopy(base))),
+        "ours int8, PyTorch's kernel, step compiled":
+            lambda: CompiledDecoding(pytorchs_int8_kernel(quantize_int8(copy.deepcopy(base)))),
+        "ours int8, our kernel (--int8)": lambda: quantize_int8(copy.deepcopy(base)),
+        "ours int8, our kernel, step compiled (--int8 --fast)":
             lambda: CompiledDecoding(quantize_int8(copy.deepcopy(base))),
     }
     hf_variant = "HF float32 (transformers)"
@@ -219,6 +233,8 @@ def matrix_levers(bandwidth: float, repeats: int = 5) -> None:
             lambda: [kernel(q, x[q.shape[1]]) * scale for q, scale in int8], 1),
         "int8, as 32-bit words taken apart by shifts (compiled)": (
             lambda: [int8_kernel(q.view(torch.float32), x4[q.shape[1]]) * scale for q, scale in int8], 1),
+        "int8, our C kernel (engine/int8_matvec.py)": (
+            lambda: [int8_matvec(x[q.shape[1]][None], q, scale)[0] for q, scale in int8], 1),
         "int8 weights and activations, fbgemm (dynamic quantization)": (
             lambda: [layer(x[layer.in_features][None])[0] for layer in fbgemm], 1),
     }

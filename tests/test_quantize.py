@@ -1,8 +1,9 @@
 """Tests for src/engine/quantize.py: int8 weights with one scale per row, for faster CPU generation.
 
 Oracles: a float64 computation with the dequantized weights (Wq * scale) for what each layer must
-return, and the float32 model for how close the quantized model stays. The fast one-row kernel is also
-checked to be the one actually used while decoding, so a silent fall-back to the slow path would fail.
+return, and the float32 model for how close the quantized model stays. The fast one-row kernel (ours, in
+C: tests/test_int8_matvec.py) is also checked to be the one actually used while decoding, so a silent
+fall-back to a slower path would fail; PyTorch's kernel, used where ours cannot be compiled, is checked too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 import src.engine.quantize as quantize
+from src.engine import int8_matvec
 from src.engine.checkpoint import save_checkpoint
 from src.engine.quantize import Int8Linear, is_quantized, quantize_int8, quantize_rows
 from src.model import GPT, GPTConfig
@@ -59,52 +61,82 @@ def test_an_all_zero_row_stays_zero_without_dividing_by_zero():
 # --- Int8Linear -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("kernel", ["ours", "PyTorch's"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(1, 1, 48), (1, 48), (3, 7, 48), (2, 1, 48), (2, 20, 48)], ids=str)
-def test_layer_computes_the_product_with_the_dequantized_weight(shape, bias):
+def test_layer_computes_the_product_with_the_dequantized_weight(shape, bias, kernel):
     torch.manual_seed(0)
     linear = nn.Linear(48, 80, bias=bias)
     if bias:
         nn.init.normal_(linear.bias)
     layer = Int8Linear(linear)
+    assert layer.own_kernel  # the C compiler is here: ours is the one decoding uses
+    layer.own_kernel = kernel == "ours"
     x = torch.randn(shape)
     y = layer(x)
     assert y.shape == (*shape[:-1], 80) and y.dtype == torch.float32
     expected = reference(layer, x)
-    few_rows = math.prod(shape[:-1]) <= quantize.KERNEL_MAX_ROWS  # the kernel: bfloat16 activations
-    tolerance = 2e-2 if few_rows else 1e-5
+    few_rows = math.prod(shape[:-1]) <= quantize.KERNEL_MAX_ROWS
+    tolerance = 2e-2 if few_rows and kernel == "PyTorch's" else 1e-5  # PyTorch's kernel: bfloat16 activations
     assert (y.double() - expected).abs().max() <= tolerance * expected.abs().max()
     # And the rounding of the weights moved the result only a little from the float32 layer's:
     exact = linear(x).double()
     assert (y.double() - exact).abs().max() <= 3e-2 * exact.abs().max()
 
 
-def test_decoding_rows_use_the_int8_kernel_and_a_long_prompt_does_not(monkeypatch):
-    calls = []
-    real = quantize._int8_matmul
-    assert real is not None  # this PyTorch has the kernel; without it the layer would be slow, not wrong
+def record_kernel_calls(monkeypatch) -> tuple[list, list]:
+    """Record the batch of every call to our kernel and to PyTorch's, and let each compute as usual."""
+    ours, pytorch = [], []
+    compile_kernel, real = int8_matvec.compile_kernel, quantize._int8_matmul
+    assert real is not None  # this PyTorch has its kernel; without it the layer would be slow, not wrong
 
-    def recording(x, weight, scale):
-        calls.append(tuple(x.shape))
+    class Recording:
+        def __init__(self, library):
+            self.library = library
+
+        def int8_matvec(self, *args):
+            ours.append(args[4])  # weight, scale, x, y, batch, out, in
+            return self.library.int8_matvec(*args)
+
+    def pytorch_recording(x, weight, scale):
+        pytorch.append(x.shape[0])
         return real(x, weight, scale)
 
-    monkeypatch.setattr(quantize, "_int8_matmul", recording)
+    monkeypatch.setattr(int8_matvec, "compile_kernel", lambda flags=(): Recording(compile_kernel(flags)))
+    monkeypatch.setattr(quantize, "_int8_matmul", pytorch_recording)
+    return ours, pytorch
+
+
+def test_decoding_rows_use_our_kernel_and_a_long_prompt_does_not(monkeypatch):
+    ours, pytorch = record_kernel_calls(monkeypatch)
     layer = Int8Linear(nn.Linear(32, 16))
     layer(torch.randn(1, 1, 32))  # one sample, one new token
     layer(torch.randn(4, 1, 32))  # --num-samples 4
-    assert calls == [(1, 32), (4, 32)]
+    assert ours == [1, 4] and pytorch == []
     layer(torch.randn(1, 40, 32))  # a prompt of 40 tokens: dequantize and multiply instead
-    assert calls == [(1, 32), (4, 32)]
+    assert ours == [1, 4] and pytorch == []
 
 
-def test_the_fallback_without_the_kernel_gives_the_same_result(monkeypatch):
+def test_without_a_c_compiler_decoding_uses_pytorchs_kernel(monkeypatch):
+    ours, pytorch = record_kernel_calls(monkeypatch)
+    monkeypatch.setattr(int8_matvec, "_failed", ["no compiler"])  # as after available() failed to compile
+    layer = Int8Linear(nn.Linear(32, 16))
+    assert not layer.own_kernel
+    layer(torch.randn(1, 1, 32))
+    assert ours == [] and pytorch == [1]
+
+
+def test_every_path_gives_the_same_result_up_to_rounding(monkeypatch):
     torch.manual_seed(1)
     layer = Int8Linear(nn.Linear(64, 24))
     x = torch.randn(1, 64)
-    fast = layer(x)
+    ours = layer(x)
+    layer.own_kernel = False
+    pytorchs = layer(x)
     monkeypatch.setattr(quantize, "_int8_matmul", None)
-    slow = layer(x)
-    assert torch.allclose(fast, slow, rtol=0, atol=2e-2 * slow.abs().max().item())
+    dequantized_product = layer(x)
+    assert torch.allclose(ours, dequantized_product, rtol=0, atol=1e-5 * dequantized_product.abs().max().item())
+    assert torch.allclose(pytorchs, dequantized_product, rtol=0, atol=2e-2 * dequantized_product.abs().max().item())
 
 
 # --- a whole GPT ----------------------------------------------------------------------------------------------

@@ -17,10 +17,11 @@ comes out of the sum, so the product needs no float copy of W:
 
     y = x W^T + b = (x Wq^T) * scale + b
 
-For a few rows of x (decoding: one row per sample) PyTorch's CPU kernel `_weight_int8pack_mm` does
-exactly this, converting the int8 weights as it reads them (with the activations in bfloat16). For many
-rows (a prompt, read in one pass) that kernel is slower than a float32 matrix product, so there we
-convert Wq to float32 once and use a normal product.
+For a few rows of x (decoding: one row per sample) a small C kernel of our own (engine/int8_matvec.py) does
+exactly this, converting the int8 weights to float32 as it reads them; x stays float32. Where it cannot be
+compiled (no C compiler) PyTorch's CPU kernel `_weight_int8pack_mm` takes its place, which also rounds x to
+bfloat16 and is slower here (`bench/generate.py`). For many rows (a prompt, read in one pass) either kernel
+is slower than a float32 matrix product, so there we convert Wq to float32 once and use a normal product.
 
 Only the `nn.Linear` layers are quantized (the attention and MLP projections, and `lm_head`); the
 embeddings, LayerNorms and biases stay float32. A quantized model is for generation only: it cannot
@@ -35,9 +36,14 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-# PyTorch's CPU kernel for (x Wq^T) * scale with int8 Wq; None if this PyTorch build lacks it.
+from src.engine import int8_matvec
+
+# PyTorch's CPU kernel for (x Wq^T) * scale with int8 Wq, where ours cannot be compiled; None if this PyTorch
+# build lacks it.
 _int8_matmul = getattr(torch.ops.aten, "_weight_int8pack_mm", None)
-KERNEL_MAX_ROWS = 32  # measured here: the kernel still wins at 32 rows; at 64 dequantizing + float32 wins
+# Up to this many rows the kernels beat dequantizing + a float32 product. Measured here over 124M's matrices:
+# PyTorch's kernel still wins at 32 rows, at 64 dequantizing does; ours still wins at 64 (158 ms against 270).
+KERNEL_MAX_ROWS = 32
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,11 +67,15 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale_bf16", scale.bfloat16())  # (out,) the form the decoding kernel takes
         bias = None if linear.bias is None else linear.bias.detach().float().clone()
         self.register_buffer("bias", bias)  # (out,) or None
+        self.own_kernel = int8_matvec.available()  # decided here, before any torch.compile traces forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)  # (N, in): every position of every sequence
-        if rows.shape[0] <= KERNEL_MAX_ROWS and _int8_matmul is not None and not rows.is_cuda:
+        few = rows.shape[0] <= KERNEL_MAX_ROWS and not rows.is_cuda
+        if few and self.own_kernel:
             # Decoding: a row per sample. The kernel reads the int8 weights and computes (x Wq^T) * scale.
+            y = torch.ops.gpt2_scratch.int8_matvec(rows.float().contiguous(), self.weight_int8, self.scale)  # (N, out)
+        elif few and _int8_matmul is not None:  # the same with PyTorch's kernel, x rounded to bfloat16
             y = _int8_matmul(rows.bfloat16(), self.weight_int8, self.scale_bf16)  # (N, out) bfloat16
         else:  # a prompt (or a GPU): dequantize, then a normal product
             y = F.linear(rows.float(), self.weight_int8.float()) * self.scale  # (N, out)

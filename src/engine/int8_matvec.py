@@ -1,0 +1,116 @@
+"""int8 weights times a few vectors at the speed of memory: a small C kernel of our own, as a PyTorch op.
+
+Why. Decoding with int8 weights (engine/quantize.py) reads one byte per weight instead of four, but the
+bytes still have to become floats before they are multiplied. PyTorch's `_weight_int8pack_mm` does that
+slowly on a CPU without AVX-512 (it streamed 21-30% of the memory bandwidth here, see `bench/generate.py
+--levers`), and `torch.compile` cannot do better on such a CPU: its generated code loads integers through a
+scratch buffer (its vector loads of floats do not), which made the compiled one-line product several times
+slower still. So the product is written in C, in `int8_matvec.c`, about forty lines:
+
+    y[b, j] = scale[j] * sum_i float(W[j, i]) * x[b, i]      W (out, in) int8, x (batch, in) float32
+
+With AVX2 each 8 weights are loaded, widened to 8 int32, converted to 8 floats and multiplied into one of four
+running sums; elsewhere a plain loop does the same sums. Unlike PyTorch's kernel it keeps the activations in
+float32 (that one rounds them to bfloat16), so the only rounding is the weights'.
+
+How it is built. The first use compiles the C file with the system's C compiler (`$CC`, else `cc`; the
+same one `torch.compile` needs) for this very machine (`-march=native`) with OpenMP, into a temporary
+folder, and loads it with ctypes: a fraction of a second, once per process. It runs on PyTorch's own
+OpenMP threads (`torch.set_num_threads` holds for it too). Where that fails (no compiler), `available()` is
+False, a warning says so once, and engine/quantize.py keeps PyTorch's kernel.
+
+Why a PyTorch op. The kernel is registered as `torch.ops.gpt2_scratch.int8_matvec`, with a description of
+its output's shape, so that the decoding step compiled whole (engine/decode.py) can call it like any
+PyTorch operation: dynamo cannot look inside a ctypes call, but it can place an op.
+
+Checked against a float64 product of the same int8 weights (tests/test_int8_matvec.py), in both of the C
+file's versions, for shapes that are and are not multiples of 32, and a batch.
+
+Who uses it: engine/quantize.py (`Int8Linear`, for a few rows at a time), `bench/generate.py`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("int8_matvec.c")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+
+_loaded: dict[tuple[str, ...], ctypes.CDLL] = {}  # the compiled library by extra flags, made on first use
+_failed: list[str] = []  # why compiling failed, once it has: from then on available() is False
+
+
+def compile_kernel(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
+    """Compile int8_matvec.c (with `extra_flags` after the usual ones) and load it; raises OSError or
+    CalledProcessError where that cannot be done."""
+    if extra_flags not in _loaded:
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "int8_matvec.so")
+            compiler = os.environ.get("CC", "cc")
+            subprocess.run([compiler, *FLAGS, *extra_flags, str(SOURCE), "-o", path],
+                           check=True, capture_output=True, text=True)
+            library = ctypes.CDLL(path)  # loaded: the file itself can go
+        # int8_matvec(weight, scale, x, y, batch, out, in): four arrays, three sizes
+        library.int8_matvec.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3
+        library.int8_matvec.restype = None
+        library.int8_matvec_version.restype = ctypes.c_char_p
+        _loaded[extra_flags] = library
+    return _loaded[extra_flags]
+
+
+def version(extra_flags: tuple[str, ...] = ()) -> str:
+    """Which version of the C code this machine compiled: "avx2" or "plain"."""
+    return compile_kernel(extra_flags).int8_matvec_version().decode()
+
+
+def available() -> bool:
+    """Whether the kernel runs here; compiles it on the first call (warning once if it cannot be)."""
+    if _failed:
+        return False
+    try:
+        compile_kernel()
+    except (OSError, subprocess.CalledProcessError) as err:
+        detail = getattr(err, "stderr", None) or str(err)
+        _failed.append(detail)
+        warnings.warn(f"the int8 kernel could not be compiled ({detail.strip()[:200]}); "
+                      "using PyTorch's int8 kernel instead", stacklevel=2)
+        return False
+    return True
+
+
+def int8_matvec(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+                extra_flags: tuple[str, ...] = ()) -> torch.Tensor:
+    """x (batch, in) float32, weight (out, in) int8, scale (out,) float32 -> (x weight^T) * scale (batch, out)
+    float32, all on the CPU and contiguous (the C code reads them as plain arrays)."""
+    batch, out, n_in = x.shape[0], weight.shape[0], weight.shape[1]
+    ok = (x.dtype == torch.float32 and weight.dtype == torch.int8 and scale.dtype == torch.float32
+          and x.shape == (batch, n_in) and scale.shape == (out,)
+          and all(t.device.type == "cpu" and t.is_contiguous() for t in (x, weight, scale)))
+    if not ok:  # the kernel would read the wrong bytes: refuse rather than return garbage
+        raise ValueError(f"int8_matvec takes x (batch, in) float32, weight (out, in) int8 and scale (out,) float32, "
+                         f"contiguous on the CPU; got {x.dtype} {tuple(x.shape)}, {weight.dtype} "
+                         f"{tuple(weight.shape)}, {scale.dtype} {tuple(scale.shape)}")
+    y = torch.empty(batch, out)
+    kernel = compile_kernel(extra_flags).int8_matvec
+    kernel(weight.data_ptr(), scale.data_ptr(), x.data_ptr(), y.data_ptr(), batch, out, n_in)
+    return y
+
+
+# The PyTorch op: torch.ops.gpt2_scratch.int8_matvec(x, weight, scale), and the shape of what it returns.
+_library = torch.library.Library("gpt2_scratch", "DEF")
+_library.define("int8_matvec(Tensor x, Tensor weight, Tensor scale) -> Tensor")
+_library.impl("int8_matvec", int8_matvec, "CPU")
+
+
+def _output_like(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape[0], weight.shape[0])  # (batch, out), what the compiler plans with
+
+
+torch.library.register_fake("gpt2_scratch::int8_matvec", _output_like, lib=_library)
