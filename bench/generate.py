@@ -52,7 +52,7 @@ from src.engine.decode import CompiledDecoding  # noqa: E402
 from src.engine.int8_matvec import int8_matvec  # noqa: E402
 from src.engine.matvec import stream_weights  # noqa: E402
 from src.engine.perf import cpu_description  # noqa: E402
-from src.engine.quantize import Int8Linear, quantize_int8  # noqa: E402
+from src.engine.quantize import quantize_int8  # noqa: E402
 from src.model import GPT, GPTConfig  # noqa: E402
 from src.tokenizer import CharTokenizer  # noqa: E402
 
@@ -101,14 +101,6 @@ def spread_weights(model: GPT) -> GPT:
     return model
 
 
-def pytorchs_int8_kernel(model: nn.Module) -> nn.Module:
-    """An int8 model whose layers decode with PyTorch's `_weight_int8pack_mm`, as where ours cannot be compiled."""
-    for module in model.modules():
-        if isinstance(module, Int8Linear):
-            module.own_kernel = False
-    return model
-
-
 def interleaved_tokens_per_s(runs: dict, n_tokens: int, repeats: int) -> dict[str, float]:
     """Tokens/s of every run (name: a function generating `n_tokens`), the median of `repeats` timings.
 
@@ -148,9 +140,9 @@ def measure(shape: str, n: int, repeats: int) -> list[dict]:
         "ours bfloat16, streaming kernel": lambda: stream_weights(copy.deepcopy(base), "bfloat16"),
         "ours bfloat16, streaming kernel, step compiled":
             lambda: CompiledDecoding(stream_weights(copy.deepcopy(base), "bfloat16")),
-        "ours int8, PyTorch's kernel": lambda: pytorchs_int8_kernel(quantize_int8(copy.deepcopy(base))),
+        "ours int8, PyTorch's kernel": lambda: quantize_int8(copy.deepcopy(base), own_kernel=False),
         "ours int8, PyTorch's kernel, step compiled":
-            lambda: CompiledDecoding(pytorchs_int8_kernel(quantize_int8(copy.deepcopy(base)))),
+            lambda: CompiledDecoding(quantize_int8(copy.deepcopy(base), own_kernel=False)),
         "ours int8, our kernel (--int8)": lambda: quantize_int8(copy.deepcopy(base)),
         "ours int8, our kernel, step compiled (--int8 --fast)":
             lambda: CompiledDecoding(quantize_int8(copy.deepcopy(base))),

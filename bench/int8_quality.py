@@ -5,8 +5,10 @@
 Takes the checkpoint `train.py` wrote and the validation part of its text (the last 10%, split and
 tokenized by the same `prepare_data` that training uses, so the run's token cache is reused), and scores
 the next-token loss over `--windows` windows of block_size tokens, the way `sample.py` computes them:
-batch 1, the KV cache, one token per step. So the int8 numbers include everything `--int8` changes
-(rounded weights, and bfloat16 activations inside the int8 kernel). Also prints decoding speed for both.
+batch 1, the KV cache, one token per step. So the int8 numbers include everything `--int8` changes (the
+rounded weights; our int8 kernel keeps the activations in float32, PyTorch's, used without a C compiler,
+rounds them to bfloat16: a third row). Also prints how far int8's next-token distribution is from float32's (the mean
+KL divergence) and the decoding speed of both.
 A trained model is the oracle that random weights cannot be: its loss says whether the rounding hurt
 what it learned.
 """
@@ -32,18 +34,27 @@ from src.engine.quantize import quantize_int8  # noqa: E402
 
 
 @torch.inference_mode()
-def decoding_loss(model, windows: torch.Tensor) -> tuple[float, float]:
-    """Mean next-token loss over `windows` (N, T + 1), fed one token at a time; and seconds per token."""
-    total, count, seconds = 0.0, 0, 0.0
+def compare(models: dict, windows: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Feed every window (N, T + 1) to each model one token at a time, in lockstep. Per model: the mean
+    next-token loss, seconds per token, and the mean KL divergence of its next-token distribution from the
+    first model's (nats; 0 for the first)."""
+    stats = {name: {"loss": 0.0, "seconds": 0.0, "kl": 0.0} for name in models}
+    count = 0
     for window in windows:
-        cache = model.new_kv_cache(1)
-        start = time.perf_counter()
+        caches = {name: model.new_kv_cache(1) for name, model in models.items()}
         for t in range(windows.shape[1] - 1):
-            logits, _ = model(window[t : t + 1].view(1, 1), cache=cache)  # (1, 1, V)
-            total += F.cross_entropy(logits.view(1, -1).float(), window[t + 1 : t + 2]).item()
+            reference = None
+            for name, model in models.items():
+                start = time.perf_counter()
+                logits, _ = model(window[t : t + 1].view(1, 1), cache=caches[name])  # (1, 1, V)
+                stats[name]["seconds"] += time.perf_counter() - start
+                logp = F.log_softmax(logits.view(1, -1).float(), dim=-1)  # (1, V)
+                stats[name]["loss"] += F.nll_loss(logp, window[t + 1 : t + 2]).item()
+                if reference is None:
+                    reference = logp
+                stats[name]["kl"] += F.kl_div(logp, reference, log_target=True, reduction="sum").item()
             count += 1
-        seconds += time.perf_counter() - start
-    return total / count, seconds / count
+    return {name: {key: value / count for key, value in row.items()} for name, row in stats.items()}
 
 
 def main() -> None:
@@ -63,15 +74,17 @@ def main() -> None:
     windows = torch.stack([val[i * T : i * T + T + 1] for i in range(n)])  # (n, T + 1), without overlap
     units = data.tokens_per_char
 
-    rows = {"float32": decoding_loss(model, windows)}
-    rows["int8"] = decoding_loss(quantize_int8(copy.deepcopy(model)), windows)
+    rows = compare({"float32": model, "int8": quantize_int8(copy.deepcopy(model)),
+                    "int8, PyTorch's kernel": quantize_int8(copy.deepcopy(model), own_kernel=False)}, windows)
     print(f"\n{args.out_dir}: {n} validation windows of {T} tokens, decoded one token at a time, "
           f"{torch.get_num_threads()} threads")
-    print("| weights | val loss | bits/char | ms/token |")
-    print("|---|---|---|---|")
-    for name, (loss, seconds) in rows.items():
-        print(f"| {name} | {loss:.4f} | {loss * units / math.log(2):.3f} | {seconds * 1e3:.2f} |")
-    print(f"int8 - float32: {rows['int8'][0] - rows['float32'][0]:+.4f} nats per token")
+    print("| weights | val loss | bits/char | KL from float32 (nats) | ms/token |")
+    print("|---|---|---|---|---|")
+    for name, row in rows.items():
+        print(f"| {name} | {row['loss']:.4f} | {row['loss'] * units / math.log(2):.3f} | {row['kl']:.5f} "
+              f"| {row['seconds'] * 1e3:.2f} |")
+    for name in ("int8", "int8, PyTorch's kernel"):
+        print(f"{name} - float32: {rows[name]['loss'] - rows['float32']['loss']:+.4f} nats per token")
 
 
 if __name__ == "__main__":

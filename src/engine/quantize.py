@@ -58,7 +58,7 @@ def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Int8Linear(nn.Module):
     """A drop-in for `nn.Linear` (for inference) that keeps its weight as int8 plus a scale per output."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, own_kernel: bool = True):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         q, scale = quantize_rows(linear.weight)
@@ -67,7 +67,8 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale_bf16", scale.bfloat16())  # (out,) the form the decoding kernel takes
         bias = None if linear.bias is None else linear.bias.detach().float().clone()
         self.register_buffer("bias", bias)  # (out,) or None
-        self.own_kernel = int8_matvec.available()  # decided here, before any torch.compile traces forward
+        # Our kernel where it compiles (decided here, before any torch.compile traces forward), else PyTorch's
+        self.own_kernel = own_kernel and int8_matvec.available()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)  # (N, in): every position of every sequence
@@ -87,8 +88,9 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
+def quantize_int8(model: nn.Module, own_kernel: bool = True) -> nn.Module:
     """Replace every `nn.Linear` of `model` by an `Int8Linear`, in place, and return the model.
+    `own_kernel=False` decodes with PyTorch's kernel (for comparing the two).
 
     For GPT that is c_attn, c_proj, c_fc and c_proj in every block, and lm_head. lm_head shares its
     weight with the token embedding wte; after quantizing, lm_head has its own int8 copy and wte stays
@@ -98,7 +100,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
-                setattr(parent, name, Int8Linear(child))
+                setattr(parent, name, Int8Linear(child, own_kernel))
     return model
 
 
