@@ -91,7 +91,8 @@ def test_the_op_is_the_kernel_and_compiles_into_a_graph():
     assert fake.shape == (1, 40) and fake.dtype == torch.float32
 
 
-@pytest.mark.parametrize("bad", ["x float64", "weight float32", "x not contiguous", "scale too short", "x 1-d"])
+@pytest.mark.parametrize("bad", ["x float64", "weight float32", "x not contiguous", "scale too short", "x 1-d",
+                                 "weight 1-d", "x of another width"])
 def test_inputs_the_c_code_would_misread_are_refused(bad):
     x, weight, scale = case(2, 6, 8)
     if bad == "x float64":
@@ -102,8 +103,12 @@ def test_inputs_the_c_code_would_misread_are_refused(bad):
         x = torch.randn(8, 2).t()
     elif bad == "scale too short":
         scale = scale[:5]
-    else:
+    elif bad == "x 1-d":
         x = x[0]
+    elif bad == "weight 1-d":
+        weight = weight[0]
+    else:
+        x = torch.randn(2, 9)
     with pytest.raises(ValueError, match="int8_matvec takes"):
         int8_matvec.int8_matvec(x, weight, scale)
 

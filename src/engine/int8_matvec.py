@@ -89,14 +89,15 @@ def int8_matvec(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
                 extra_flags: tuple[str, ...] = ()) -> torch.Tensor:
     """x (batch, in) float32, weight (out, in) int8, scale (out,) float32 -> (x weight^T) * scale (batch, out)
     float32, all on the CPU and contiguous (the C code reads them as plain arrays)."""
-    batch, out, n_in = x.shape[0], weight.shape[0], weight.shape[1]
     ok = (x.dtype == torch.float32 and weight.dtype == torch.int8 and scale.dtype == torch.float32
-          and x.shape == (batch, n_in) and scale.shape == (out,)
-          and all(t.device.type == "cpu" and t.is_contiguous() for t in (x, weight, scale)))
+          and x.dim() == 2 and weight.dim() == 2 and x.shape[1] == weight.shape[1] and scale.shape == weight.shape[:1]
+          and x.is_cpu and weight.is_cpu and scale.is_cpu
+          and x.is_contiguous() and weight.is_contiguous() and scale.is_contiguous())
     if not ok:  # the kernel would read the wrong bytes: refuse rather than return garbage
         raise ValueError(f"int8_matvec takes x (batch, in) float32, weight (out, in) int8 and scale (out,) float32, "
                          f"contiguous on the CPU; got {x.dtype} {tuple(x.shape)}, {weight.dtype} "
                          f"{tuple(weight.shape)}, {scale.dtype} {tuple(scale.shape)}")
+    (batch, n_in), out = x.shape, weight.shape[0]
     y = torch.empty(batch, out)
     kernel = compile_kernel(extra_flags).int8_matvec
     kernel(weight.data_ptr(), scale.data_ptr(), x.data_ptr(), y.data_ptr(), batch, out, n_in)
