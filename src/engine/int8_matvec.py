@@ -5,16 +5,16 @@ bytes still have to become floats before they are multiplied. PyTorch's `_weight
 slowly on a CPU without AVX-512 (it streamed 21-30% of the memory bandwidth here, see `bench/generate.py
 --levers`), and `torch.compile` cannot do better on such a CPU: its generated code loads integers through a
 scratch buffer (its vector loads of floats do not), which made the compiled one-line product several times
-slower still. So the product is written in C, in `int8_matvec.c`, about forty lines:
+slower still. So the product is written in C, in `int8_matvec.c` (70 lines with its comments):
 
     y[b, j] = scale[j] * sum_i float(W[j, i]) * x[b, i]      W (out, in) int8, x (batch, in) float32
 
 With AVX2 each 8 weights are loaded, widened to 8 int32, converted to 8 floats and multiplied into one of four
 running sums; elsewhere a plain loop does the same sums. Unlike PyTorch's kernel it keeps the activations in
-float32 (that one rounds them to bfloat16), so the only rounding is the weights'.
+float32 (that one rounds them to bfloat16), so the only rounding besides float32 sums is the weights'.
 
-How it is built. The first use compiles the C file with the system's C compiler (`$CC`, else `cc`; the
-same one `torch.compile` needs) for this very machine (`-march=native`) with OpenMP, into a temporary
+How it is built. The first use compiles the C file with the system's C compiler (`$CC`, else `cc`;
+`torch.compile` needs one for C++ anyway) for this very machine (`-march=native`) with OpenMP, into a temporary
 folder, and loads it with ctypes: a fraction of a second, once per process. It runs on PyTorch's own
 OpenMP threads (`torch.set_num_threads` holds for it too). Where that fails (no compiler), `available()` is
 False, a warning says so once, and engine/quantize.py keeps PyTorch's kernel.
