@@ -5,10 +5,12 @@
 Takes the checkpoint `train.py` wrote and the validation part of its text (the last 10%, split and
 tokenized by the same `prepare_data` that training uses, so the run's token cache is reused), and scores
 the next-token loss over `--windows` windows of block_size tokens, the way `sample.py` computes them:
-batch 1, the KV cache, one token per step. So the int8 numbers include everything `--int8` changes (the
-rounded weights; our int8 kernel keeps the activations in float32, PyTorch's, used without a C compiler,
-rounds them to bfloat16: a third row). Also prints how far int8's next-token distribution is from float32's (the mean
-KL divergence) and the decoding speed of both.
+batch 1, the KV cache, one token per step. So the int8 numbers include everything `--int8` changes: the
+rounded weights (our int8 kernel keeps the activations in float32; PyTorch's, used without a C compiler,
+rounds them to bfloat16: a third row). Also prints how far int8's next-token distribution is from
+float32's (the mean KL divergence, KL(float32 || int8)) and the decoding speed of each (the models take
+turns token by token, so each one's weights leave the cache to the others': the ms/token of a small model
+run high).
 A trained model is the oracle that random weights cannot be: its loss says whether the rounding hurt
 what it learned.
 """
@@ -36,8 +38,8 @@ from src.engine.quantize import quantize_int8  # noqa: E402
 @torch.inference_mode()
 def compare(models: dict, windows: torch.Tensor) -> dict[str, dict[str, float]]:
     """Feed every window (N, T + 1) to each model one token at a time, in lockstep. Per model: the mean
-    next-token loss, seconds per token, and the mean KL divergence of its next-token distribution from the
-    first model's (nats; 0 for the first)."""
+    next-token loss, seconds per token, and the mean KL divergence KL(first || this model) of the next-token
+    distributions (nats; 0 for the first)."""
     stats = {name: {"loss": 0.0, "seconds": 0.0, "kl": 0.0} for name in models}
     count = 0
     for window in windows:

@@ -24,7 +24,7 @@ What the flags do:
   KV cache off (slower, same text: a way to see what the cache buys).
 - `--int8` stores the weights as int8 with one scale per row (`engine/quantize.py`) before generating, and
   multiplies them with a small C kernel of our own (`engine/int8_matvec.py`, compiled on first use, under a
-  second): on a CPU, where reading the weights is what a token costs, 1.5-3x faster; the text differs
+  second): on a CPU, where reading the weights is what a token costs, 2-3x faster; the text differs
   slightly from float32's (rounded weights), so `--seed` reproduces an `--int8` text only with `--int8`
   (and, without a C compiler, PyTorch's int8 kernel is used, which rounds a little differently).
 - `--fast` compiles the decoding: every one-token step is compiled whole, with fixed shapes
@@ -102,7 +102,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context every step (no KV cache)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu", help="where to run the model")
     p.add_argument("--int8", action="store_true",
-                   help="int8 weights: 1.5-3x faster on a CPU, text slightly different (see engine/quantize.py)")
+                   help="int8 weights: 2-3x faster on a CPU, text slightly different (see engine/quantize.py)")
     p.add_argument("--fast", action="store_true",
                    help="compile the decoding step (CPU, engine/decode.py and matvec.py): faster, the same text up "
                         "to rounding; compiling takes 30-100 s the first time, 5-25 s after; with --int8 too")

@@ -1,9 +1,9 @@
 """Tests for src/engine/int8_matvec.py: the C kernel for int8 weights times a few float32 vectors.
 
 Oracle: the same product in float64, (x W^T) * scale with the int8 weights as they are. Both versions of the
-C code are checked: the AVX2 one this machine compiles, and the plain loop, compiled here with AVX2 turned
-off. Breaking either on purpose (dropping the last n % 32 weights, a sign lost in widening the bytes, one
-of the four sums left out) fails these tests.
+C code are checked: the AVX2 one this machine compiles, and the plain loop, compiled here on purpose.
+Breaking either on purpose (dropping the last n % 32 weights, a sign lost in widening the bytes, one of the
+four sums left out) fails these tests.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from src.engine import int8_matvec
 
-PLAIN = ("-mno-avx2",)  # the plain loop: without AVX2 the C file compiles its other version
+PLAIN = ("-DINT8_MATVEC_PLAIN",)  # the C file's plain loop, on any machine
 
 
 def reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -83,24 +83,58 @@ def test_the_result_does_not_depend_on_the_number_of_threads():
 def test_the_op_is_the_kernel_and_compiles_into_a_graph():
     x, weight, scale = case(1, 40, 64, seed=1)
     direct = int8_matvec.int8_matvec(x, weight, scale)
-    assert torch.equal(torch.ops.gpt2_scratch.int8_matvec(x, weight, scale), direct)
-    # The shape the compiler plans with, without running the kernel:
-    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
-        fake = torch.ops.gpt2_scratch.int8_matvec(mode.from_tensor(x), mode.from_tensor(weight),
-                                                  mode.from_tensor(scale))
-    assert fake.shape == (1, 40) and fake.dtype == torch.float32
+    op = torch.ops.gpt2_scratch.int8_matvec.default
+    assert torch.equal(op(x, weight, scale), direct)
+    torch.library.opcheck(op, (x, weight, scale))  # schema, the shape the compiler plans with, dispatch
+    compiled = torch.compile(lambda x: op(x * 2, weight, scale) + 1, backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(x), direct * 2 + 1)
 
 
-@pytest.mark.parametrize("bad", ["x float64", "weight float32", "x not contiguous", "scale too short", "x 1-d",
-                                 "weight 1-d", "x of another width"])
+def test_the_output_is_float32_whatever_the_default_dtype():
+    x, weight, scale = case(1, 8, 40)
+    expected = int8_matvec.int8_matvec(x, weight, scale)
+    default = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        y = int8_matvec.int8_matvec(x, weight, scale)
+    finally:
+        torch.set_default_dtype(default)
+    assert y.dtype == torch.float32 and torch.equal(y, expected)
+
+
+def test_no_rows_and_no_columns():
+    x, weight, scale = case(0, 5, 16)
+    assert int8_matvec.int8_matvec(x, weight, scale).shape == (0, 5)
+    x, weight, scale = case(2, 5, 0)
+    assert torch.equal(int8_matvec.int8_matvec(x, weight, scale), torch.zeros(2, 5))
+
+
+def test_there_is_no_gradient_to_take():
+    x, weight, scale = case(1, 5, 16)
+    y = torch.ops.gpt2_scratch.int8_matvec(x.requires_grad_(), weight, scale)
+    with pytest.raises(RuntimeError, match="for generation only"):
+        y.sum().backward()
+
+
+@pytest.mark.parametrize("bad", ["x float64", "weight float32", "scale float64", "x not contiguous",
+                                 "weight transposed", "scale strided", "scale too short", "x 1-d", "weight 1-d",
+                                 "x of another width", "x on the meta device"])
 def test_inputs_the_c_code_would_misread_are_refused(bad):
     x, weight, scale = case(2, 6, 8)
     if bad == "x float64":
         x = x.double()
     elif bad == "weight float32":
         weight = weight.float()
+    elif bad == "scale float64":
+        scale = scale.double()
     elif bad == "x not contiguous":
         x = torch.randn(8, 2).t()
+    elif bad == "weight transposed":
+        weight = torch.zeros(8, 6, dtype=torch.int8).t()
+    elif bad == "scale strided":
+        scale = torch.ones(12)[::2]
+    elif bad == "x on the meta device":
+        x = x.to("meta")
     elif bad == "scale too short":
         scale = scale[:5]
     elif bad == "x 1-d":

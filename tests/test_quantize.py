@@ -4,12 +4,14 @@ Oracles: a float64 computation with the dequantized weights (Wq * scale) for wha
 return, and the float32 model for how close the quantized model stays. The fast one-row kernel (ours, in
 C: tests/test_int8_matvec.py) is also checked to be the one actually used while decoding, so a silent
 fall-back to a slower path would fail; PyTorch's kernel, used where ours cannot be compiled, is checked too.
+These tests expect a C compiler (as `torch.compile` does): without one, ours is not the kernel in use.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -19,6 +21,7 @@ from torch.nn import functional as F
 import src.engine.quantize as quantize
 from src.engine import int8_matvec
 from src.engine.checkpoint import save_checkpoint
+from src.engine.decode import CompiledDecoding
 from src.engine.quantize import Int8Linear, is_quantized, quantize_int8, quantize_rows
 from src.model import GPT, GPTConfig
 from src.tokenizer import CharTokenizer
@@ -186,6 +189,23 @@ def test_cached_generation_with_int8_follows_the_float_model():
         logits, _ = model(tokens[:, -24:-1])
     agree = (logits.argmax(-1) == tokens[:, -23:]).float().mean()
     assert agree > 0.9
+
+
+@pytest.mark.slow  # compiles (~15 s)
+def test_the_compiled_step_of_an_int8_model_calls_our_kernel_and_gives_its_text(monkeypatch):
+    """`--int8 --fast`: inside the compiled step our kernel is an op like any other. The step gives the int8
+    model's own greedy text, and every product of every step is a call to our kernel."""
+    model = quantize_int8(make_gpt(separated=True))
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])  # a batch of 2
+    expected = model.generate(prompt, 20, temperature=0)
+    ours, pytorch = record_kernel_calls(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*could not be compiled")  # the step must really run
+        out = CompiledDecoding(model).generate(prompt, 20, temperature=0)
+    assert torch.equal(out, expected)
+    # 9 int8 layers: the prompt (2 x 3 rows) through the model, lm_head on its last position only (2 rows),
+    # then 19 compiled one-token steps of 2 rows
+    assert ours == [6] * 8 + [2] + [2] * 9 * 19 and pytorch == []
 
 
 def test_saving_a_quantized_model_is_refused(tmp_path):

@@ -8,12 +8,13 @@
    one fused multiply-add; four sums run side by side, so that no addition waits for the one before it.
    Elsewhere the plain loop does the same sums and the compiler vectorizes what it can.
 
-   x stays float32: nothing but the weights is rounded. OpenMP shares the rows of W between the threads
-   (PyTorch's own OpenMP, with its thread count); each y[b, j] is one thread's sum, in a fixed order, so the
-   result does not depend on the number of threads. */
+   x stays float32: nothing but the weights is rounded. OpenMP shares the rows of W between `threads`
+   threads (PyTorch's count); each y[b, j] is one thread's sum, in a fixed order, so the result does not
+   depend on the number of threads. Compiled with -DINT8_MATVEC_PLAIN, the plain loop is used everywhere
+   (the tests check it on machines with AVX2 too). */
 #include <stdint.h>
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && !defined(INT8_MATVEC_PLAIN)
 #include <immintrin.h>
 #define VERSION "avx2"
 
@@ -24,9 +25,9 @@ static inline __m256 load_8_weights(const int8_t *w) {
 }
 
 /* sum_i float(w[i]) * x[i] */
-static float dot(const int8_t *w, const float *x, long n) {
+static float dot(const int8_t *w, const float *x, int64_t n) {
     __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;  /* 4 x 8 sums */
-    long i = 0;
+    int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
         s0 = _mm256_fmadd_ps(load_8_weights(w + i), _mm256_loadu_ps(x + i), s0);
         s1 = _mm256_fmadd_ps(load_8_weights(w + i + 8), _mm256_loadu_ps(x + i + 8), s1);
@@ -45,9 +46,9 @@ static float dot(const int8_t *w, const float *x, long n) {
 #define VERSION "plain"
 
 /* sum_i float(w[i]) * x[i] */
-static float dot(const int8_t *w, const float *x, long n) {
+static float dot(const int8_t *w, const float *x, int64_t n) {
     float lanes[8] = {0};  /* 8 sums side by side, like one vector register */
-    long i = 0;
+    int64_t i = 0;
     for (; i + 8 <= n; i += 8)
         for (int l = 0; l < 8; l++) lanes[l] += (float)w[i + l] * x[i + l];
     float sum = 0;
@@ -58,11 +59,11 @@ static float dot(const int8_t *w, const float *x, long n) {
 
 #endif
 
-void int8_matvec(const int8_t *weight, const float *scale, const float *x, float *y, long batch, long out,
-                 long in) {
-    #pragma omp parallel for schedule(static)
-    for (long j = 0; j < out; j++)
-        for (long b = 0; b < batch; b++)  /* row j of W is read from memory once, then from the cache */
+void int8_matvec(const int8_t *weight, const float *scale, const float *x, float *y, int64_t batch,
+                 int64_t out, int64_t in, int threads) {
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t j = 0; j < out; j++)
+        for (int64_t b = 0; b < batch; b++)  /* row j of W is read from memory once, then from the cache */
             y[b * out + j] = scale[j] * dot(weight + j * in, x + b * in, in);
 }
 

@@ -2,7 +2,7 @@
 
 Why. Decoding with int8 weights (engine/quantize.py) reads one byte per weight instead of four, but the
 bytes still have to become floats before they are multiplied. PyTorch's `_weight_int8pack_mm` does that
-slowly on a CPU without AVX-512 (it streamed 21-30% of the memory bandwidth here, see `bench/generate.py
+slowly on a CPU without AVX-512 (it streamed 21-33% of the memory bandwidth here, see `bench/generate.py
 --levers`), and `torch.compile` cannot do better on such a CPU: its generated code loads integers through a
 scratch buffer (its vector loads of floats do not), which made the compiled one-line product several times
 slower still. So the product is written in C, in `int8_matvec.c` (70 lines with its comments):
@@ -14,10 +14,11 @@ running sums; elsewhere a plain loop does the same sums. Unlike PyTorch's kernel
 float32 (that one rounds them to bfloat16), so the only rounding besides float32 sums is the weights'.
 
 How it is built. The first use compiles the C file with the system's C compiler (`$CC`, else `cc`;
-`torch.compile` needs one for C++ anyway) for this very machine (`-march=native`) with OpenMP, into a temporary
-folder, and loads it with ctypes: a fraction of a second, once per process. It runs on PyTorch's own
-OpenMP threads (`torch.set_num_threads` holds for it too). Where that fails (no compiler), `available()` is
-False, a warning says so once, and engine/quantize.py keeps PyTorch's kernel.
+`torch.compile` needs one for C++ anyway) for this very machine (`-march=native`) with OpenMP, into a
+temporary folder, and loads it with ctypes: under a second, once per process. Each call passes PyTorch's
+thread count (`torch.get_num_threads()`) to OpenMP; with gcc, as here, the kernel shares PyTorch's own
+OpenMP runtime. Where compiling fails (no compiler), `available()` is False, a warning says so once, and
+engine/quantize.py keeps PyTorch's kernel.
 
 Why a PyTorch op. The kernel is registered as `torch.ops.gpt2_scratch.int8_matvec`, with a description of
 its output's shape, so that the decoding step compiled whole (engine/decode.py) can call it like any
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shlex
 import subprocess
 import tempfile
 import warnings
@@ -48,17 +50,17 @@ _failed: list[str] = []  # why compiling failed, once it has: from then on avail
 
 
 def compile_kernel(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
-    """Compile int8_matvec.c (with `extra_flags` after the usual ones) and load it; raises OSError or
-    CalledProcessError where that cannot be done."""
+    """Compile int8_matvec.c (with `extra_flags` after the usual ones, e.g. "-DINT8_MATVEC_PLAIN") and load it;
+    raises OSError or CalledProcessError where that cannot be done."""
     if extra_flags not in _loaded:
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "int8_matvec.so")
-            compiler = os.environ.get("CC", "cc")
-            subprocess.run([compiler, *FLAGS, *extra_flags, str(SOURCE), "-o", path],
+            compiler = shlex.split(os.environ.get("CC", "cc"))  # "ccache gcc" is two words
+            subprocess.run([*compiler, *FLAGS, *extra_flags, str(SOURCE), "-o", path],
                            check=True, capture_output=True, text=True)
             library = ctypes.CDLL(path)  # loaded: the file itself can go
-        # int8_matvec(weight, scale, x, y, batch, out, in): four arrays, three sizes
-        library.int8_matvec.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3
+        # int8_matvec(weight, scale, x, y, batch, out, in, threads): four arrays, three sizes, a thread count
+        library.int8_matvec.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
         library.int8_matvec.restype = None
         library.int8_matvec_version.restype = ctypes.c_char_p
         _loaded[extra_flags] = library
@@ -98,20 +100,28 @@ def int8_matvec(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
                          f"contiguous on the CPU; got {x.dtype} {tuple(x.shape)}, {weight.dtype} "
                          f"{tuple(weight.shape)}, {scale.dtype} {tuple(scale.shape)}")
     (batch, n_in), out = x.shape, weight.shape[0]
-    y = torch.empty(batch, out)
+    y = x.new_empty(batch, out)  # float32 on the CPU like x, whatever torch's default dtype and device are
     kernel = compile_kernel(extra_flags).int8_matvec
-    kernel(weight.data_ptr(), scale.data_ptr(), x.data_ptr(), y.data_ptr(), batch, out, n_in)
+    kernel(weight.data_ptr(), scale.data_ptr(), x.data_ptr(), y.data_ptr(), batch, out, n_in, torch.get_num_threads())
     return y
 
 
-# The PyTorch op: torch.ops.gpt2_scratch.int8_matvec(x, weight, scale), and the shape of what it returns.
+# The PyTorch op: torch.ops.gpt2_scratch.int8_matvec(x, weight, scale); what it returns, for the compiler; and
+# no gradient. A namespace is defined once per process: this module must not be imported twice (or reloaded).
 _library = torch.library.Library("gpt2_scratch", "DEF")
 _library.define("int8_matvec(Tensor x, Tensor weight, Tensor scale) -> Tensor")
 _library.impl("int8_matvec", int8_matvec, "CPU")
 
 
 def _output_like(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    torch._check(x.dtype == torch.float32 and weight.dtype == torch.int8 and scale.dtype == torch.float32,
+                 lambda: "int8_matvec takes x float32, weight int8 and scale float32")
     return x.new_empty(x.shape[0], weight.shape[0])  # (batch, out), what the compiler plans with
 
 
+def _no_gradient(ctx, grad: torch.Tensor):
+    raise RuntimeError("int8_matvec has no gradient: an int8-quantized model is for generation only")
+
+
 torch.library.register_fake("gpt2_scratch::int8_matvec", _output_like, lib=_library)
+torch.library.register_autograd("gpt2_scratch::int8_matvec", _no_gradient, lib=_library)

@@ -24,10 +24,10 @@ weights, so it is opt-in. Without a working compiler (the first call compiles, w
 on a CPU) the layers fall back to the usual product, with one warning; any other error is a bug and
 surfaces as it is.
 
-int8 weights have a kernel of their own, in C (engine/int8_matvec.py): compiled on int8 weights, the one
-line here loads every 8 of them through a scratch buffer (PyTorch's vector loads of integers take that
-path, its float32 loads do not), several times slower (`bench/generate.py --levers` times both, and a way
-around it that was tried).
+int8 weights do not use this kernel: compiled on int8 weights, the one line here loads every 8 of them
+through a scratch buffer (PyTorch's vector loads of integers take that path, its float32 loads do not) and
+is several times slower (`bench/generate.py --levers` times it, and a way around it that was tried). They
+have a kernel of their own, in C: engine/int8_matvec.py.
 
 Who uses it: `sample.py --fast` (through engine/decode.py, which compiles the whole decoding step around
 it), `bench/generate.py`.

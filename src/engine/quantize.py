@@ -3,8 +3,8 @@
 Why it helps. Generating one token multiplies one vector by every weight matrix of the model, and each
 weight is used for a single multiply-add. The processor waits for memory, not for arithmetic: GPT-2 124M
 reads 500 MB of float32 weights per token. Stored as int8 (one byte instead of four), it reads 125 MB, and
-decodes about 3x faster here (see `bench/generate.py`), provided the bytes are turned into floats as fast as
-they arrive: that is the job of the kernel below.
+decodes about 3x faster here (2.2x with `--fast` on both sides; see `bench/generate.py`), provided the bytes
+are turned into floats as fast as they arrive: that is the job of the kernel below.
 
 How. Each output row j of a weight matrix W (out, in) gets its own scale, the largest |w| of the row / 127:
 
@@ -43,6 +43,7 @@ from src.engine import int8_matvec
 _int8_matmul = getattr(torch.ops.aten, "_weight_int8pack_mm", None)
 # Up to this many rows the kernels beat dequantizing + a float32 product. Measured here over 124M's matrices:
 # PyTorch's kernel still wins at 32 rows, at 64 dequantizing does; ours still wins at 64 (158 ms against 270).
+# One limit for both, so that a batch takes the same path with either kernel; decoding uses 1 row per sample.
 KERNEL_MAX_ROWS = 32
 
 
@@ -72,11 +73,11 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)  # (N, in): every position of every sequence
-        few = rows.shape[0] <= KERNEL_MAX_ROWS and not rows.is_cuda
-        if few and self.own_kernel:
+        few = rows.shape[0] <= KERNEL_MAX_ROWS
+        if few and self.own_kernel and rows.is_cpu:
             # Decoding: a row per sample. The kernel reads the int8 weights and computes (x Wq^T) * scale.
             y = torch.ops.gpt2_scratch.int8_matvec(rows.float().contiguous(), self.weight_int8, self.scale)  # (N, out)
-        elif few and _int8_matmul is not None:  # the same with PyTorch's kernel, x rounded to bfloat16
+        elif few and _int8_matmul is not None and not rows.is_cuda:  # PyTorch's kernel, x rounded to bfloat16
             y = _int8_matmul(rows.bfloat16(), self.weight_int8, self.scale_bf16)  # (N, out) bfloat16
         else:  # a prompt (or a GPU): dequantize, then a normal product
             y = F.linear(rows.float(), self.weight_int8.float()) * self.scale  # (N, out)
