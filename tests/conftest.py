@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,6 +58,16 @@ TINY_TRAIN_FLAGS = [
     "--max-iters", "6", "--eval-interval", "3", "--eval-iters", "2", "--log-interval", "1",
     "--sample-tokens", "20", "--warmup-iters", "2", "--device", "cpu", "--seed", "1234",
 ]
+
+def spread(model: torch.nn.Module, seed: int = 0, std: float = 0.3) -> torch.nn.Module:
+    """Re-draw every matrix from N(0, std), for generation (eval mode): well-separated logits, so greedy text does
+    not hinge on rounding."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model.eval()
 
 
 def _cli_env() -> dict:

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from src.engine.quantize import quantize_int8
 from src.model import GPT, GPTConfig
+from tests.conftest import spread
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "int8_quality.py"
 
@@ -32,12 +33,7 @@ def load_bench():
 
 @torch.inference_mode()
 def test_compare_gives_each_models_loss_and_its_kl_from_the_first():
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=30, block_size=12, n_layer=2, n_head=2, d_model=32)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.3)  # spread logits, so that int8's rounding shows in the KL
+    model = spread(GPT(GPTConfig(vocab_size=30, block_size=12, n_layer=2, n_head=2, d_model=32)))  # int8 shows
     int8 = quantize_int8(copy.deepcopy(model))
     windows = torch.randint(0, 30, (3, 13), generator=torch.Generator().manual_seed(1))  # (N, T + 1)
     rows = load_bench().compare({"float32": model, "again": model, "int8": int8}, windows)

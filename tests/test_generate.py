@@ -23,18 +23,9 @@ import src.model as model_module
 from src.bigram import BigramLanguageModel
 from src.generate import generate, generate_tokens
 from src.model import GPT, GPTConfig, causal_mask
+from tests.conftest import spread
 
 V, BS = 48, 16  # vocabulary size and block_size of the test model
-
-
-def spread(model: GPT, seed: int = 0, std: float = 0.3) -> GPT:
-    """Re-draw every matrix from N(0, std): well-separated logits, varied greedy text."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=g) * std)
-    return model.eval()
 
 
 def make_gpt(seed: int = 0, **overrides) -> GPT:

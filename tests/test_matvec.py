@@ -14,6 +14,7 @@ from torch._dynamo.exc import BackendCompilerFailed
 from src.engine import matvec
 from src.engine.matvec import StreamingLinear, rowwise_dot, stream_weights
 from src.model import GPT, GPTConfig
+from tests.conftest import spread
 
 
 def reference(weight: torch.Tensor, bias, x: torch.Tensor) -> torch.Tensor:
@@ -57,12 +58,7 @@ def test_stream_weights_swaps_every_linear_and_keeps_float32_tied():
 
 
 def test_decoding_with_streamed_weights_gives_the_plain_models_greedy_text():
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=20, block_size=32, n_layer=2, n_head=2, d_model=32)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.3)  # clearly separated logits: greedy text does not hinge on rounding
+    model = spread(GPT(GPTConfig(vocab_size=20, block_size=32, n_layer=2, n_head=2, d_model=32)))
     prompt = torch.tensor([[1, 2, 3]])
     plain = model.generate(prompt, 40, temperature=0)  # 40 > block_size - 3: the cache slides too
     streamed = stream_weights(copy.deepcopy(model), "float32")
