@@ -197,7 +197,8 @@ def train(cfg: TrainConfig) -> LoopState:
     """Run a whole training job described by `cfg`; returns where the loop ended (step, last losses)."""
     out_dir = Path(cfg.out_dir)
     with Distributed.start(cfg.device) as ddp, RunLock(out_dir, hold=ddp.is_main):  # one process or several
-        precision = Precision.choose(cfg.device, cfg.dtype, ddp.local_rank)  # device, dtype, autocast, scaler
+        width = None if cfg.init_from else cfg.d_model  # a fine-tuned model's width is its checkpoint's
+        precision = Precision.choose(cfg.device, cfg.dtype, ddp.local_rank, width)  # device, dtype, autocast, scaler
         device = precision.device
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)

@@ -468,7 +468,7 @@ def test_gpt2_124m_preset():
 
 
 def test_defaults_are_the_cpu_preset_and_every_preset_parses():
-    assert TrainConfig().n_head == 4  # derived from d_model: 256 -> 4 heads of 64
+    assert TrainConfig().n_head == 2  # derived from d_model: 128 -> 2 heads of 64
     assert TrainConfig(d_model=384).n_head == 6 and parse_args(["--d-model", "384"]).n_head == 6
     assert parse_args([]) == TrainConfig(**PRESETS["cpu"])  # TrainConfig() itself: 2,000 steps, no time budget
     for name, values in PRESETS.items():
@@ -521,6 +521,28 @@ def test_resolve_dtype_on_cpu(monkeypatch, requested, native_bf16, expected):
     monkeypatch.setattr("src.engine.precision.cpu_has_native_bf16", lambda: native_bf16)
     dtype, why = resolve_dtype(requested, torch.device("cpu"))
     assert dtype == expected and why
+
+
+@pytest.mark.parametrize(("requested", "d_model", "expected"), [
+    ("auto", 128, torch.float32),  # too narrow for bf16 to pay
+    ("auto", 255, torch.float32),
+    ("auto", 256, torch.bfloat16),
+    ("auto", 768, torch.bfloat16),
+    ("bfloat16", 128, torch.bfloat16),  # asked for: always given
+])
+def test_auto_on_a_bf16_cpu_keeps_narrow_models_in_float32(monkeypatch, requested, d_model, expected):
+    monkeypatch.setattr("src.engine.precision.cpu_has_native_bf16", lambda: True)
+    dtype, why = resolve_dtype(requested, torch.device("cpu"), d_model)
+    assert dtype == expected
+    if requested == "auto" and d_model < 256:
+        assert f"d_model {d_model}" in why and "--dtype bfloat16" in why
+
+
+def test_a_training_run_on_a_bf16_cpu_chooses_by_the_models_width(engine, tmp_path, capsys, monkeypatch):
+    """train() hands the model's width to the precision choice: the tiny model (32 wide) stays in float32."""
+    monkeypatch.setattr("src.engine.precision.cpu_has_native_bf16", lambda: True)
+    engine(tmp_path / "out", "--max-iters", "1", "--dtype", "auto")
+    assert "precision: float32: this CPU has bf16 instructions, but at d_model 32" in capsys.readouterr().out
 
 
 def test_float16_on_cpu_is_a_user_error():

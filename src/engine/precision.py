@@ -51,8 +51,15 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
-def resolve_dtype(requested: str, device: torch.device) -> tuple[torch.dtype, str]:
-    """Choose the autocast dtype. Returns (dtype, a sentence saying why)."""
+# The narrowest model for which a CPU's bfloat16 pays. Each bf16 product first converts its inputs, and for
+# narrow matrices those conversions cost more than the faster products save: on the Intel Xeon with AMX the
+# 128-wide models ran slower in bf16 than in float32, the 256-wide default of the time and the user's 384-wide
+# shape 1.7-2.8x faster (README, "Performance").
+CPU_BF16_MIN_D_MODEL = 256
+
+
+def resolve_dtype(requested: str, device: torch.device, d_model: int | None = None) -> tuple[torch.dtype, str]:
+    """Choose the autocast dtype for a model `d_model` wide (None: wide enough). Returns (dtype, why)."""
     if requested != "auto":
         dtype = DTYPES[requested]
         if dtype == torch.float16 and device.type != "cuda":
@@ -63,6 +70,10 @@ def resolve_dtype(requested: str, device: torch.device) -> tuple[torch.dtype, st
             return torch.bfloat16, "bfloat16 autocast: this GPU supports it"
         return torch.float16, "float16 autocast with loss scaling: this GPU has no bfloat16"
     if device.type == "cpu" and cpu_has_native_bf16():
+        if d_model is not None and d_model < CPU_BF16_MIN_D_MODEL:
+            return torch.float32, (f"float32: this CPU has bf16 instructions, but at d_model {d_model} their "
+                                   f"conversions cost more than they save (bf16 from {CPU_BF16_MIN_D_MODEL}; "
+                                   "--dtype bfloat16 to try)")
         return torch.bfloat16, "bfloat16 autocast: this CPU has native bf16 instructions (several times faster)"
     return torch.float32, f"float32: no fast lower precision found for {device.type}"
 
@@ -89,14 +100,15 @@ class Precision:
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     @classmethod
-    def choose(cls, device: str, dtype: str, local_rank: int = 0) -> Precision:
-        """From the --device and --dtype flags; on CUDA, process `local_rank`'s GPU with TF32 matmuls."""
+    def choose(cls, device: str, dtype: str, local_rank: int = 0, d_model: int | None = None) -> Precision:
+        """From the --device and --dtype flags and the model's width; on CUDA, process `local_rank`'s GPU with
+        TF32 matmuls."""
         chosen = resolve_device(device)
         if chosen.type == "cuda":
             chosen = torch.device("cuda", local_rank)
             torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~8x float32 speed, ample precision
             torch.backends.cudnn.allow_tf32 = True
-        return cls(chosen, *resolve_dtype(dtype, chosen))
+        return cls(chosen, *resolve_dtype(dtype, chosen, d_model))
 
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()  # float16: scaled up, so small gradients survive
