@@ -11,7 +11,7 @@ model at step 0 (random letters), 250 (words appear), 500, ... A run writes:
 
 Weights only, so a snapshot cannot resume a run (`training_state.safetensors` does that) and nothing reads
 it during training. Only models up to `--snapshot-max-params` (default 50 million parameters) keep them:
-the default model (3.2M parameters) keeps one of 6.5 MB per evaluation, 9 in 2,000 steps; GPT-2 124M
+the default model (0.8M parameters) keeps one of 1.7 MB per evaluation, 9 in 2,000 steps; GPT-2 124M
 would keep 250 MB per evaluation, so it keeps none. A fresh run (not `--resume`) first removes the previous
 run's snapshots, which belong to another model; a resumed run keeps them and overwrites the steps it
 computes again.
