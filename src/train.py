@@ -197,7 +197,7 @@ def train(cfg: TrainConfig) -> LoopState:
     """Run a whole training job described by `cfg`; returns where the loop ended (step, last losses)."""
     out_dir = Path(cfg.out_dir)
     with Distributed.start(cfg.device) as ddp, RunLock(out_dir, hold=ddp.is_main):  # one process or several
-        width = None if cfg.init_from else cfg.d_model  # a fine-tuned model's width is its checkpoint's
+        width = None if cfg.init_from else cfg.d_model  # fine-tuning: the checkpoint's width (GPT-2: wide enough)
         precision = Precision.choose(cfg.device, cfg.dtype, ddp.local_rank, width)  # device, dtype, autocast, scaler
         device = precision.device
         torch.manual_seed(cfg.seed)
