@@ -1,5 +1,5 @@
 """The README's code must work as written: the Python snippets run verbatim, the Quick start is two commands,
-and the file table is the reading path, in order."""
+the file table is the reading path, in order, and each ablation's mean is the mean of its seeds."""
 
 from __future__ import annotations
 
@@ -95,3 +95,32 @@ def test_the_learn_section_counts_the_tutorials_chapters(readme, repo_root):
     words = {12: "twelve", 13: "thirteen", 14: "fourteen"}
     assert f"{words[len(chapters)]} chapters" in learn
     assert "tutorial/README.md" in learn and "tutorial/debugging.md" in learn
+
+
+def seed_tables(readme: str) -> list[list[list[str]]]:
+    """Every table whose header has columns "seed 1 | seed 2 | ... | mean": the ablations. Rows as cells."""
+    tables, rows = [], None
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else None
+        if cells and "mean" in cells and any(re.fullmatch(r"seed \d+", c) for c in cells):
+            rows = [cells]
+            tables.append(rows)
+        elif cells and rows is not None:
+            rows.append(cells)
+        else:
+            rows = None
+    return tables
+
+
+def test_every_ablation_mean_is_the_mean_of_its_seeds(readme):
+    """The ablation tables' means are typed by hand from the benchmark's per-seed losses: each must be their
+    mean to the 4 decimals shown, or a row (and what the text concludes from it) is wrong."""
+    tables = seed_tables(readme)
+    assert len(tables) >= 3, "the README's ablation tables were not found"
+    for header, _separator, *rows in tables:
+        seeds = [i for i, c in enumerate(header) if re.fullmatch(r"seed \d+", c)]
+        mean = header.index("mean")
+        for row in rows:
+            values = [float(row[i]) for i in seeds]
+            stated = float(row[mean].strip("*"))
+            assert abs(sum(values) / len(values) - stated) <= 0.00006, f"README ablation row {row}: mean {stated}"
