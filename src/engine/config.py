@@ -106,7 +106,8 @@ PRESETS: dict[str, dict] = {
     # schedule is fitted to the time budget, so a slower machine does fewer steps but still decays fully.
     # A small model sees the most tokens in the time, and Muon gets the most out of each step; batch 32
     # rather than 16 halves the share of Muon's per-step cost and its gradient noise; and the schedule
-    # decays to 0 rather than to a tenth (a small gain, but on every seed; README: the ablations).
+    # decays to 0 rather than to a tenth (a small gain, but on every seed). Context 256 at batch 16 lost on every
+    # seed; 2 heads of 64 instead of 4 of 32 gained nothing beyond the noise (README: the ablations).
     # float32: at 128 wide, bf16's conversions cost more than its faster products save.
     "quality-300s": dict(
         n_layer=4, n_head=4, d_model=128, block_size=128, batch_size=32, optimizer="muon", lr=4e-3, muon_lr=0.04,
