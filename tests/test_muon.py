@@ -56,22 +56,36 @@ def test_orthogonalize_is_nearly_orthogonal():
     assert cosine > 0.95
 
 
-def test_muon_update_matches_a_float64_reference_over_three_steps():
-    """Momentum, Nesterov, decoupled weight decay and the tall-matrix scale, written out in float64."""
+@pytest.mark.parametrize("shapes", [[(24, 8)], [(24, 8), (8, 24), (24, 8), (8, 8)]], ids=["one", "stacked"])
+def test_muon_update_matches_a_float64_reference_over_three_steps(shapes):
+    """Momentum, Nesterov, decoupled weight decay and the tall-matrix scale, written out in float64, one
+    matrix at a time; Muon orthogonalises the matrices of one shape as a stack, which must not mix them."""
     gen = torch.Generator().manual_seed(2)
-    weight = torch.randn(24, 8, generator=gen)  # tall: scale sqrt(24 / 8)
-    grads = [torch.randn(24, 8, generator=gen) for _ in range(3)]
+    weights = [torch.randn(shape, generator=gen) for shape in shapes]
     lr, wd, beta = 0.02, 0.1, 0.95
-    p = torch.nn.Parameter(weight.clone())
-    opt = Muon([{"params": [p], "use_muon": True, "weight_decay": wd}], lr=lr, momentum=beta)
-    w, m = weight.double(), torch.zeros(24, 8, dtype=torch.float64)
-    for g in grads:
-        p.grad = g.clone()
+    params = [torch.nn.Parameter(w.clone()) for w in weights]
+    opt = Muon([{"params": params, "use_muon": True, "weight_decay": wd}], lr=lr, momentum=beta)
+    expected = [w.double() for w in weights]
+    momenta = [torch.zeros(shape, dtype=torch.float64) for shape in shapes]
+    for _ in range(3):
+        grads = [torch.randn(shape, generator=gen) for shape in shapes]
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
         opt.step()
-        m = beta * m + (1 - beta) * g.double()
-        d = (1 - beta) * g.double() + beta * m
-        w = w * (1 - lr * wd) - lr * math.sqrt(24 / 8) * reference_orthogonalize(d)
-    torch.testing.assert_close(p.detach().double(), w, atol=1e-5, rtol=1e-5)
+        for i, (g, (rows, cols)) in enumerate(zip(grads, shapes, strict=True)):
+            momenta[i] = beta * momenta[i] + (1 - beta) * g.double()
+            d = (1 - beta) * g.double() + beta * momenta[i]
+            scale = math.sqrt(max(1.0, rows / cols))  # sqrt(24 / 8) for the tall ones
+            expected[i] = expected[i] * (1 - lr * wd) - lr * scale * reference_orthogonalize(d)
+    for p, w in zip(params, expected, strict=True):
+        torch.testing.assert_close(p.detach().double(), w, atol=1e-5, rtol=1e-5)
+
+
+def test_orthogonalize_a_stack_is_each_matrix_alone():
+    stack = torch.randn(3, 16, 40, generator=torch.Generator().manual_seed(4))
+    for g in (stack, stack.mT):  # wide and tall
+        torch.testing.assert_close(orthogonalize(g), torch.stack([orthogonalize(m) for m in g]),
+                                   atol=1e-6, rtol=1e-5)
 
 
 def test_the_adamw_groups_step_exactly_as_torch_adamw():
