@@ -4,6 +4,7 @@ reached in 300 s.
     python bench/train_speed.py [--steps 10] [--warmup 3] [--threads N] [--dtypes float32 bfloat16]
                                 [--shapes user laptop]
     python bench/train_speed.py --quality [--budget 300]
+    python bench/train_speed.py --levers [--steps 10]
     python bench/train_speed.py --quality --seeds 1 2 3 --against "--optimizer adamw --lr 2e-3 --min-lr 2e-4"
 
 Speed: for two shapes -- the user's (6 layers, 6 heads, d_model 384, context 256, batch 16) and nanoGPT's
@@ -28,6 +29,11 @@ tokens/s for both: the work is the same) and that as a fraction of this CPU's me
 peaks (src.engine.perf.cpu_peaks), and the speed-up over HF in float32 ("/HF fp32"). The issue's goal, at
 the user's shape in bf16: at least 2.5x HF's fp32 step and at least 60% of the bf16 matmul peak. nanoGPT's
 own figures stay in the footer as history, measured on another machine.
+
+Levers (--levers): what each of our own CPU training kernels buys, at the quality-300s preset's sizes:
+GELU forward and backward in gelu.c (engine/fused_gelu.py) against F.gelu; Muon's Newton-Schulz run on the
+matrices of one shape stacked against one at a time (engine/muon.py); and the whole training step with and
+without the GELU kernel. Each pair takes turns; the table gives both medians and their ratio.
 
 Quality (--quality): `python src/train.py --preset quality-300s --data ../shared/data/tinyshakespeare.txt`
 with a wall-clock budget for training (from the first step, evaluations included), kept by the run itself
@@ -64,6 +70,9 @@ from src.engine.checkpoint import save_checkpoint  # noqa: E402
 from src.engine.config import TrainConfig, parse_args  # noqa: E402
 from src.engine.corpus import CACHE_DIR  # noqa: E402
 from src.engine.distributed import Distributed  # noqa: E402
+from src.engine.fused_gelu import gelu as fused_gelu  # noqa: E402
+from src.engine.fused_gelu import use_fused_gelu  # noqa: E402
+from src.engine.muon import orthogonalize  # noqa: E402
 from src.engine.perf import cpu_description, cpu_peaks  # noqa: E402
 from src.engine.precision import Precision  # noqa: E402
 from src.tokenizer import CharTokenizer  # noqa: E402
@@ -134,6 +143,7 @@ def contenders(flags: list[str], dtype: str):
     cfg = train_config(flags, dtype)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, VOCAB)
+    use_fused_gelu(model)  # as train.py does on a CPU (HF keeps its own GELU)
     peer = hf_peer(model)
     device = torch.device("cpu")
     precision = Precision(device, torch.bfloat16 if dtype == "bfloat16" else torch.float32)  # no scaler
@@ -256,6 +266,58 @@ def speed_table(steps: int, warmup: int, dtypes: list[str], shapes: list[str]) -
     return "\n".join(lines)
 
 
+def levers_table(rounds: int) -> str:
+    """What each of the CPU training step's own kernels buys, at the `quality-300s` preset's sizes: the
+    operation PyTorch's way and ours, taking turns, and the whole step with and without the GELU kernel."""
+    cfg = parse_args(["--preset", "quality-300s", "--device", "cpu", "--compile", "off"])
+    B, T, C = cfg.batch_size, cfg.block_size, cfg.d_model
+    g = torch.Generator().manual_seed(0)
+    hidden, grad = torch.randn(B, T, 4 * C, generator=g), torch.randn(B, T, 4 * C, generator=g)
+
+    def gelu_pass(function):
+        def run():
+            x = hidden.clone().requires_grad_()
+            function(x).backward(grad)
+        return run
+
+    # Muon's matrices in one step: per block c_attn (3C, C), attn.c_proj (C, C), c_fc (4C, C), mlp.c_proj (C, 4C)
+    shapes = [(3 * C, C), (C, C), (4 * C, C), (C, 4 * C)]
+    stacks = [torch.randn(cfg.n_layer, *shape, generator=g) for shape in shapes]
+    one_at_a_time = lambda: [orthogonalize(m) for stack in stacks for m in stack]  # noqa: E731
+    stacked = lambda: [orthogonalize(stack) for stack in stacks]  # noqa: E731
+
+    def training_step(fused: bool):
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg, VOCAB)
+        if fused:
+            use_fused_gelu(model)
+        optimizer = configure_optimizer(model, cfg.lr, cfg.weight_decay, torch.device("cpu"), cfg.beta2,
+                                        cfg.optimizer, cfg.muon_lr)
+        loader, precision = batches(cfg), Precision(torch.device("cpu"), torch.float32)
+        return lambda: train_step(model, optimizer, loader, 1, precision, Distributed(), cfg.grad_clip)
+
+    pairs = [
+        (f"GELU forward + backward, ({B}, {T}, {4 * C})", gelu_pass(lambda x: F.gelu(x, approximate="tanh")),
+         gelu_pass(fused_gelu), "F.gelu(tanh)", "gelu.c"),
+        (f"Muon's Newton-Schulz, {len(shapes) * cfg.n_layer} matrices", one_at_a_time, stacked,
+         "one at a time", "stacked by shape"),
+        (f"training step, {B} x {T} tokens, Muon", training_step(False), training_step(True),
+         "F.gelu(tanh)", "gelu.c"),
+    ]
+    header = f"{'lever':<42} {'before':>16} {'ms':>8} {'after':>16} {'ms':>8} {'speed-up':>9}"
+    lines = [header, "-" * len(header)]
+    for name, before, after, before_name, after_name in pairs:
+        times = time_alternating({"before": before, "after": after}, rounds, 3)
+        b, a = (statistics.median(times[k]) * 1e3 for k in ("before", "after"))
+        lines.append(f"{name:<42} {before_name:>16} {b:>8.2f} {after_name:>16} {a:>8.2f} {b / a:>8.2f}x")
+    lines.append("")
+    lines.append(f"the quality-300s preset: {cfg.n_layer} layers, {C} wide, batch {B} x context {T}, float32; "
+                 f"median of {rounds} rounds after 3, before and after taking turns")
+    lines.append(f"CPU: {cpu_description()}; torch threads: {torch.get_num_threads()}; load average "
+                 f"{os.getloadavg()[0]:.1f}; torch {torch.__version__}")
+    return "\n".join(lines)
+
+
 def quality_run(budget: float, extra: list[str]) -> float:
     """One time-to-quality run of the preset (with `extra` flags); prints its log and verdict, returns the val loss."""
     data = (REPO_ROOT / QUALITY_DATA).resolve()
@@ -340,6 +402,8 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES),
                         help="shapes to time: " + "; ".join(f"{k}: {v[0]}" for k, v in SHAPES.items()))
     parser.add_argument("--quality", action="store_true", help="run the 300 s time-to-quality check instead")
+    parser.add_argument("--levers", action="store_true",
+                        help="time our CPU training kernels against PyTorch's operations instead")
     parser.add_argument("--budget", type=float, default=300.0, help="--quality: seconds of training")
     parser.add_argument("--seeds", type=int, nargs="+", help="--quality: an ablation over these seeds")
     parser.add_argument("--against", action="append", default=[], metavar="FLAGS",
@@ -354,6 +418,8 @@ def main() -> None:
         ablation(args.budget, args.seeds, args.against, extra)
     elif args.quality:
         quality_run(args.budget, extra)
+    elif args.levers:
+        print(levers_table(args.steps))
     else:
         print(speed_table(args.steps, args.warmup, args.dtypes, args.shapes))
 

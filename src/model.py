@@ -168,13 +168,14 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.d_model, 4 * config.d_model)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU; the exact erf form drifts from the weights' training
         self.c_proj = nn.Linear(4 * config.d_model, config.d_model)
         self.c_proj.residual_projection = True
         self.dropout = dropout_layer(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.c_fc(x)  # (B, T, 4C)
-        x = F.gelu(x, approximate="tanh")  # GPT-2's GELU; the exact erf form drifts from the weights' training
+        x = self.gelu(x)  # (B, T, 4C)
         return self.dropout(self.c_proj(x))  # (B, T, C)
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from src.engine import int8_matvec
+from src.engine.ckernel import Kernel
 
 PLAIN = ("-DINT8_MATVEC_PLAIN",)  # the C file's plain loop, on any machine
 
@@ -33,7 +34,7 @@ def case(batch: int, out: int, n_in: int, seed: int = 0):
 @pytest.fixture(scope="module", params=[(), PLAIN], ids=["this machine's version", "plain loop"])
 def flags(request):
     if not int8_matvec.available():
-        pytest.fail("the int8 kernel does not compile here: " + int8_matvec._failed[0])
+        pytest.fail("the int8 kernel does not compile here: " + int8_matvec.KERNEL.failed[0])
     return request.param
 
 
@@ -148,12 +149,12 @@ def test_inputs_the_c_code_would_misread_are_refused(bad):
 
 
 def test_without_a_compiler_the_kernel_is_unavailable_with_one_warning(monkeypatch):
-    monkeypatch.setattr(int8_matvec, "_loaded", {})
-    monkeypatch.setattr(int8_matvec, "_failed", [])
+    kernel = Kernel(int8_matvec.KERNEL.source, int8_matvec.KERNEL.declare, fallback="PyTorch's int8 kernel")
+    monkeypatch.setattr(int8_matvec, "KERNEL", kernel)  # nothing compiled yet
     monkeypatch.setenv("CC", "/nonexistent/cc")
-    with pytest.warns(UserWarning, match="int8 kernel could not be compiled"):
+    with pytest.warns(UserWarning, match="int8_matvec.c could not be compiled .*; using PyTorch's int8 kernel"):
         assert not int8_matvec.available()
     with warnings.catch_warnings(record=True) as again:
         warnings.simplefilter("always")
         assert not int8_matvec.available()
-    assert again == [] and int8_matvec._loaded == {}  # said once; nothing was loaded
+    assert again == [] and kernel.loaded == {}  # said once; nothing was loaded

@@ -14,8 +14,10 @@ called from the reading path in one named call:
     gpt2_files.py   GPT-2's tokenizer files: the byte alphabet, the two file layouts
     hub.py          downloading released GPT-2 files from the Hugging Face Hub
     muon.py         the Muon optimizer (orthogonalised momentum) beside AdamW, for --optimizer muon
+    fused_gelu.py   GPT-2's GELU for CPU training in one pass each way: a small C kernel of our own (gelu.c)
     quantize.py     int8 weights for faster generation on a CPU
     int8_matvec.py  int8 weights times a vector: a small C kernel of our own (int8_matvec.c), as a PyTorch op
+    ckernel.py      compiling our C kernels on first use, and loading them
     matvec.py       decoding at memory speed: a compiled matrix-vector kernel for float32 and bf16 weights
     decode.py       a decoding step compiled whole, with fixed shapes: one call per token
     textstream.py   printing generated text as it comes: whole characters, stop strings

@@ -13,9 +13,8 @@ With AVX2 each 8 weights are loaded, widened to 8 int32, converted to 8 floats a
 running sums; elsewhere a plain loop does the same sums. Unlike PyTorch's kernel it keeps the activations in
 float32 (that one rounds them to bfloat16), so the only rounding besides float32 sums is the weights'.
 
-How it is built. The first use compiles the C file with the system's C compiler (`$CC`, else `cc`;
-`torch.compile` needs one for C++ anyway) for this very machine (`-march=native`) with OpenMP, into a
-temporary folder, and loads it with ctypes: under a second, once per process. Each call passes PyTorch's
+How it is built. The first use compiles the C file for this very machine and loads it (engine/ckernel.py:
+the system's C compiler, `-march=native`, OpenMP; under a second, once per process). Each call passes PyTorch's
 thread count (`torch.get_num_threads()`) to OpenMP; with gcc, as here, the kernel shares PyTorch's own
 OpenMP runtime. Where compiling fails (no compiler), `available()` is False, a warning says so once, and
 engine/quantize.py keeps PyTorch's kernel.
@@ -33,38 +32,27 @@ Who uses it: engine/quantize.py (`Int8Linear`, for a few rows at a time), `bench
 from __future__ import annotations
 
 import ctypes
-import os
-import shlex
-import subprocess
-import tempfile
-import warnings
 from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("int8_matvec.c")
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+from src.engine.ckernel import Kernel
 
-_loaded: dict[tuple[str, ...], ctypes.CDLL] = {}  # the compiled library by extra flags, made on first use
-_failed: list[str] = []  # why compiling failed, once it has: from then on available() is False
+
+def _declare(library: ctypes.CDLL) -> None:
+    # int8_matvec(weight, scale, x, y, batch, out, in, threads): four arrays, three sizes, a thread count
+    library.int8_matvec.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    library.int8_matvec.restype = None
+    library.int8_matvec_version.restype = ctypes.c_char_p
+
+
+KERNEL = Kernel(Path(__file__).with_name("int8_matvec.c"), _declare, fallback="PyTorch's int8 kernel")
 
 
 def compile_kernel(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
-    """Compile int8_matvec.c (with `extra_flags` after the usual ones, e.g. "-DINT8_MATVEC_PLAIN") and load it;
+    """int8_matvec.c compiled (with `extra_flags` after the usual ones, e.g. "-DINT8_MATVEC_PLAIN") and loaded;
     raises OSError or CalledProcessError where that cannot be done."""
-    if extra_flags not in _loaded:
-        with tempfile.TemporaryDirectory() as folder:
-            path = os.path.join(folder, "int8_matvec.so")
-            compiler = shlex.split(os.environ.get("CC", "cc"))  # "ccache gcc" is two words
-            subprocess.run([*compiler, *FLAGS, *extra_flags, str(SOURCE), "-o", path],
-                           check=True, capture_output=True, text=True)
-            library = ctypes.CDLL(path)  # loaded: the file itself can go
-        # int8_matvec(weight, scale, x, y, batch, out, in, threads): four arrays, three sizes, a thread count
-        library.int8_matvec.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
-        library.int8_matvec.restype = None
-        library.int8_matvec_version.restype = ctypes.c_char_p
-        _loaded[extra_flags] = library
-    return _loaded[extra_flags]
+    return KERNEL.library(extra_flags)
 
 
 def version(extra_flags: tuple[str, ...] = ()) -> str:
@@ -74,17 +62,7 @@ def version(extra_flags: tuple[str, ...] = ()) -> str:
 
 def available() -> bool:
     """Whether the kernel runs here; compiles it on the first call (warning once if it cannot be)."""
-    if _failed:
-        return False
-    try:
-        compile_kernel()
-    except (OSError, subprocess.CalledProcessError) as err:
-        detail = getattr(err, "stderr", None) or str(err)
-        _failed.append(detail)
-        warnings.warn(f"the int8 kernel could not be compiled ({detail.strip()[:200]}); "
-                      "using PyTorch's int8 kernel instead", stacklevel=2)
-        return False
-    return True
+    return KERNEL.available()
 
 
 def int8_matvec(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,

@@ -1,0 +1,143 @@
+/* GPT-2's GELU and its derivative, one pass over memory each: the kernel behind engine/fused_gelu.py.
+
+       gelu(x) = 0.5 x (1 + tanh(z / 2)) = x sigmoid(z),      z = 2 sqrt(2 / pi) (x + 0.044715 x^3)
+
+   (1 + tanh(z / 2)) / 2 is the sigmoid of z, which needs one exponential: e^-z. PyTorch computes tanh and
+   exp with library routines that, on the CPUs here, take several times longer than the multiply-adds
+   around them, and a backward pass written in PyTorch operations would go over memory once per operation.
+   Here each element is read once and written once, and e^x is a short polynomial: with AVX2, 8 floats at
+   a time, four groups of 8 side by side so that no instruction waits for the one before it (left to the
+   compiler, the same loop ran 4x slower here); elsewhere a plain loop, which the compiler vectorizes as it can.
+
+   The derivative, for the backward pass (dy: the gradient of the loss with respect to gelu(x)):
+       d gelu / dx = s + x s (1 - s) z',      s = sigmoid(z),   z' = 2 sqrt(2 / pi) (1 + 3 * 0.044715 x^2)
+   and since 1 - s = s e^-z:    d gelu / dx = s (1 + x s e^-z z')
+
+   Large |x| is safe: z is clamped where e^-z would overflow, so s is 0 or 1 there and gelu(x) is 0 or x;
+   a NaN stays a NaN (the training loop's check for a broken step relies on it). OpenMP shares the elements
+   between `threads` threads (PyTorch's count); each element is computed alone, so the result does not
+   depend on the number of threads. Compiled with -DGELU_PLAIN, the plain loop is used everywhere (the tests
+   check it on machines with AVX2 too). */
+#include <stdint.h>
+#include <string.h>
+
+#define K 1.5957691216057308f  /* 2 sqrt(2 / pi) */
+#define A 0.044715f
+#define LOG2E 1.44269504088896341f
+#define LN2_HI 0.693145751953125f  /* ln 2 in two parts: n * LN2_HI is exact for the n here */
+#define LN2_LO 1.428606765330187045e-06f
+
+/* e^x within about 1 ulp of float32 for x in [-87, 88] (clamped there: e^-87 ~ 1.6e-38, the smallest
+   normal float is 1.2e-38): e^x = 2^n e^r with n = round(x / ln 2) and |r| <= ln(2) / 2, where e^r is its
+   Taylor series up to r^7 (the next term is below 1e-8 relative), and 2^n is built from its bits. */
+static inline float exp_float(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    float n = (x * LOG2E + 12582912.0f) - 12582912.0f;  /* round to nearest: adding 1.5 * 2^23 drops the fraction */
+    float r = (x - n * LN2_HI) - n * LN2_LO;
+    float p = 1.0f / 5040;
+    p = p * r + 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;  /* the float 2^n: n + 127 in the exponent's bits */
+    float two_n;
+    memcpy(&two_n, &bits, sizeof two_n);
+    return p * two_n;
+}
+
+/* One element: e^-z for z = K (x + A x^3), then gelu(x) = x / (1 + e^-z), and dy * gelu'(x) with
+   s (1 - s) written s * s e^-z: 1 - s itself would lose the digits that matter where s is near 1. */
+static inline float gelu_one(float x) { return x / (1.0f + exp_float(-K * x * (1.0f + A * x * x))); }
+
+static inline float gelu_backward_one(float x, float dy) {
+    float e = exp_float(-K * x * (1.0f + A * x * x)), s = 1.0f / (1.0f + e);
+    return dy * s * (1.0f + x * s * e * K * (1.0f + 3.0f * A * x * x));
+}
+
+#if defined(__AVX2__) && defined(__FMA__) && !defined(GELU_PLAIN)
+#include <immintrin.h>
+#define VERSION "avx2"
+#define BLOCK 32  /* floats per step of the loop: four vectors of 8 */
+
+/* exp_float for 8 floats */
+static inline __m256 exp_8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);  /* x - n LN2_HI */
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+/* e^-z for 8 floats */
+static inline __m256 exp_minus_z_8(__m256 x) {
+    __m256 cubic = _mm256_fmadd_ps(_mm256_mul_ps(x, x), _mm256_set1_ps(A), _mm256_set1_ps(1.0f));  /* 1 + A x^2 */
+    return exp_8(_mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(-K)), cubic));
+}
+
+static inline __m256 gelu_8(__m256 x) {
+    return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), exp_minus_z_8(x)));
+}
+
+static inline __m256 gelu_backward_8(__m256 x, __m256 dy) {
+    __m256 one = _mm256_set1_ps(1.0f), e = exp_minus_z_8(x);
+    __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, e));
+    __m256 slope = _mm256_fmadd_ps(_mm256_mul_ps(x, x), _mm256_set1_ps(3.0f * A), one);  /* 1 + 3 A x^2 */
+    __m256 t = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(x, s), e), _mm256_mul_ps(slope, _mm256_set1_ps(K)));
+    return _mm256_mul_ps(_mm256_mul_ps(dy, s), _mm256_add_ps(one, t));
+}
+
+static void forward_block(const float *x, float *y) {
+    __m256 a = gelu_8(_mm256_loadu_ps(x)), b = gelu_8(_mm256_loadu_ps(x + 8));
+    __m256 c = gelu_8(_mm256_loadu_ps(x + 16)), d = gelu_8(_mm256_loadu_ps(x + 24));
+    _mm256_storeu_ps(y, a), _mm256_storeu_ps(y + 8, b), _mm256_storeu_ps(y + 16, c), _mm256_storeu_ps(y + 24, d);
+}
+
+static void backward_block(const float *x, const float *dy, float *dx) {
+    __m256 a = gelu_backward_8(_mm256_loadu_ps(x), _mm256_loadu_ps(dy));
+    __m256 b = gelu_backward_8(_mm256_loadu_ps(x + 8), _mm256_loadu_ps(dy + 8));
+    __m256 c = gelu_backward_8(_mm256_loadu_ps(x + 16), _mm256_loadu_ps(dy + 16));
+    __m256 d = gelu_backward_8(_mm256_loadu_ps(x + 24), _mm256_loadu_ps(dy + 24));
+    _mm256_storeu_ps(dx, a), _mm256_storeu_ps(dx + 8, b), _mm256_storeu_ps(dx + 16, c), _mm256_storeu_ps(dx + 24, d);
+}
+
+#else
+#define VERSION "plain"
+#define BLOCK 8
+
+static void forward_block(const float *x, float *y) {
+    for (int l = 0; l < BLOCK; l++) y[l] = gelu_one(x[l]);
+}
+
+static void backward_block(const float *x, const float *dy, float *dx) {
+    for (int l = 0; l < BLOCK; l++) dx[l] = gelu_backward_one(x[l], dy[l]);
+}
+
+#endif
+
+/* Whole blocks shared between the threads, then the last n % BLOCK elements one at a time. */
+void gelu_forward(const float *x, float *y, int64_t n, int threads) {
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < n / BLOCK; b++) forward_block(x + b * BLOCK, y + b * BLOCK);
+    for (int64_t i = n / BLOCK * BLOCK; i < n; i++) y[i] = gelu_one(x[i]);
+}
+
+void gelu_backward(const float *x, const float *dy, float *dx, int64_t n, int threads) {
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < n / BLOCK; b++) backward_block(x + b * BLOCK, dy + b * BLOCK, dx + b * BLOCK);
+    for (int64_t i = n / BLOCK * BLOCK; i < n; i++) dx[i] = gelu_backward_one(x[i], dy[i]);
+}
+
+/* Which of the two versions was compiled: "avx2" or "plain" (for the tests and the benchmark). */
+const char *gelu_version(void) { return VERSION; }

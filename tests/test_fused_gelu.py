@@ -1,0 +1,170 @@
+"""Tests for src/engine/fused_gelu.py: GPT-2's GELU and its gradient in our C kernel (gelu.c), and where
+training uses it.
+
+Oracle: GPT-2's GELU, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), and its derivative taken by autograd,
+both in float64. PyTorch's own float32 GELU is held to the same tolerance, to show it is a float32 one.
+Breaking the kernel on purpose (the erf GELU's slope, one term of the exponential's series dropped, 3 A x^2
+written A x^2 in the derivative, the clamp removed) fails these tests.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from src.engine import ckernel, fused_gelu
+from src.engine.fused_gelu import FusedGELU, use_fused_gelu
+from src.model import GPT, GPTConfig
+
+
+def gpt2_gelu(x: torch.Tensor) -> torch.Tensor:
+    """The formula itself, in float64."""
+    x = x.double()
+    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def inputs(n: int = 20_001, seed: int = 0) -> torch.Tensor:
+    """Typical activations, and a sweep far past where e^-z is clamped (|x| > ~8) both ways."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([3 * torch.randn(n, generator=g), torch.linspace(-60, 60, 4001)])
+
+
+@pytest.fixture(scope="module", params=[(), fused_gelu.PLAIN], ids=["this machine's version", "plain loop"])
+def flags(request):
+    if not fused_gelu.KERNEL.available():
+        pytest.fail("the GELU kernel does not compile here: " + fused_gelu.KERNEL.failed[0])
+    return request.param
+
+
+def test_the_two_versions_are_the_ones_compiled():
+    assert fused_gelu.version(fused_gelu.PLAIN) == "plain"
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        assert fused_gelu.version() == "avx2"
+
+
+def assert_float32_close(ours: torch.Tensor, expected: torch.Tensor) -> None:
+    """Within a few float32 roundings of the float64 value: 4e-7 relative to the value, or to 1."""
+    error = (ours.double() - expected).abs()
+    allowed = 4e-7 * expected.abs().clamp(min=1.0)
+    assert (error <= allowed).all(), f"worst error {error.max():.3g} at x = {(error - allowed).argmax()}"
+
+
+def test_forward_is_gpt2s_gelu_within_float32_rounding(flags):
+    x = inputs()
+    assert_float32_close(fused_gelu.forward(x, flags), gpt2_gelu(x))
+    assert_float32_close(F.gelu(x, approximate="tanh"), gpt2_gelu(x))  # PyTorch's: the same tolerance holds
+
+
+def test_gradient_is_the_derivative_within_float32_rounding(flags):
+    x, dy = inputs(seed=1), inputs(seed=2)
+    x64 = x.double().requires_grad_()
+    (expected,) = torch.autograd.grad(gpt2_gelu(x64), x64, dy.double())
+    ours = fused_gelu.backward(x, dy, flags)
+    scale = dy.double().abs().clamp(min=1.0)  # the gradient carries dy's size
+    assert_float32_close(ours / scale, expected / scale)
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 11, 31, 32, 333])  # whole blocks of 32 (or 8) and what is left
+def test_every_length_and_shape(n, flags):
+    x, dy = torch.randn(2, n, generator=torch.Generator().manual_seed(n)).unbind()
+    y = fused_gelu.forward(x, flags)
+    assert y.shape == x.shape and y.dtype == torch.float32
+    assert_float32_close(y, gpt2_gelu(x))
+    x64 = x.double().requires_grad_()
+    (expected,) = torch.autograd.grad(gpt2_gelu(x64), x64, dy.double())
+    assert_float32_close(fused_gelu.backward(x, dy, flags), expected)
+    strided = torch.randn(3, n).t()  # not contiguous: the op takes a contiguous copy
+    assert_float32_close(fused_gelu.gelu(strided), gpt2_gelu(strided))
+
+
+def test_nan_stays_nan_and_zero_is_zero(flags):
+    x = torch.ones(70)
+    x[[3, 40, 69]] = float("nan")  # in the first block, the second, and the last few elements
+    x[[4, 41]] = 0.0
+    y, dx = fused_gelu.forward(x, flags), fused_gelu.backward(x, torch.ones(70), flags)
+    assert y.isnan().nonzero().flatten().tolist() == dx.isnan().nonzero().flatten().tolist() == [3, 40, 69]
+    assert y[4] == y[41] == 0
+
+
+def test_the_result_does_not_depend_on_the_thread_count():
+    x = inputs(seed=3)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fused_gelu.gelu(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, fused_gelu.gelu(x))
+
+
+def test_the_op_passes_pytorchs_checks_and_compiles_into_a_graph():
+    x = torch.randn(4, 40, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    torch.library.opcheck(fused_gelu.gelu, (x,))  # schema, fake tensor, autograd registration
+    compiled = torch.compile(lambda t: fused_gelu.gelu(t * 2) + 1, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), fused_gelu.gelu(x * 2) + 1)
+
+
+def test_inputs_the_c_code_would_misread_are_refused():
+    with pytest.raises(ValueError, match="float32"):
+        fused_gelu.gelu(torch.randn(5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="one shape"):
+        fused_gelu.gelu_backward(torch.randn(5), torch.randn(6))
+
+
+def test_the_module_falls_back_to_pytorch_for_other_dtypes():
+    x = torch.randn(64, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(FusedGELU()(x.bfloat16()), F.gelu(x.bfloat16(), approximate="tanh"))
+    torch.testing.assert_close(FusedGELU()(x), F.gelu(x, approximate="tanh"), atol=1e-6, rtol=1e-6)
+
+
+def test_a_gpt_with_the_kernel_trains_as_without_it():
+    """Every MLP's GELU is swapped; the loss and every gradient match the model as built, to float32 rounding."""
+    config = GPTConfig(vocab_size=11, block_size=16, n_layer=3, n_head=2, d_model=32)
+    torch.manual_seed(0)
+    plain, fused = GPT(config), GPT(config)
+    fused.load_state_dict(plain.state_dict())
+    assert use_fused_gelu(fused) == 3
+    assert sum(isinstance(m, FusedGELU) for m in fused.modules()) == 3
+    assert not any(isinstance(m, nn.GELU) for m in fused.modules())
+    x = torch.randint(0, 11, (4, 16), generator=torch.Generator().manual_seed(6))
+    losses = []
+    for model in (plain, fused):
+        _, loss = model(x[:, :-1], x[:, 1:])
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-6, rtol=1e-6)
+    for (name, p), q in zip(plain.named_parameters(), fused.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-6, rtol=1e-5, msg=name)
+    assert fused.state_dict().keys() == plain.state_dict().keys()  # checkpoints do not see the swap
+
+
+def test_training_on_a_cpu_uses_the_kernel(monkeypatch, tmp_path):
+    from src import train as train_module
+
+    swapped = []
+    real = train_module.use_fused_gelu
+    monkeypatch.setattr(train_module, "use_fused_gelu", lambda model: swapped.append(real(model)))
+    data = tmp_path / "data.txt"
+    data.write_text("hello world, the quick brown fox. " * 200)
+    train_module.main(["--data", str(data), "--out-dir", str(tmp_path / "out"), "--n-layer", "2", "--n-head", "2",
+                       "--d-model", "16", "--block-size", "16", "--batch-size", "2", "--max-iters", "2",
+                       "--eval-iters", "1", "--sample-tokens", "0", "--device", "cpu"])
+    assert swapped == [2]
+
+
+def test_without_a_compiler_nothing_is_swapped(monkeypatch):
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    kernel = ckernel.Kernel(fused_gelu.KERNEL.source, fused_gelu._declare, fallback="PyTorch's GELU")
+    monkeypatch.setattr(fused_gelu, "KERNEL", kernel)
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=16))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert use_fused_gelu(model) == 0
+        assert use_fused_gelu(model) == 0  # the second time, no second attempt and no second warning
+    assert len(caught) == 1 and "gelu.c could not be compiled" in str(caught[0].message)
+    assert sum(isinstance(m, nn.GELU) for m in model.modules()) == 2
