@@ -1,10 +1,10 @@
 """GPT-2's GELU for CPU training, in one pass over memory each way: a small C kernel of our own (gelu.c).
 
-Why. On a CPU, the MLP's GELU and its gradient took 16% of a training step of the `quality-300s` model (4
-layers, 96 wide, 4,096 tokens; by the profiler, on a 2-core AMD EPYC Zen 3): PyTorch evaluates tanh with a
-library routine that costs about 2 ns per float per core there. gelu.c computes the same function with one
-exponential of its own (see the C file), 32 floats per step with AVX2: 2.9x faster forward and backward,
-1.10x the whole step (`python bench/train_speed.py --levers`, README "Benchmarks").
+Why. On a CPU, the MLP's GELU and its gradient took about 13% of a training step of the `quality-300s` model
+(4 layers, 96 wide, 4,096 tokens, on a 2-core AMD EPYC Zen 3): PyTorch evaluates tanh with a library routine
+that is slow there. gelu.c computes the same function with one exponential of its own (see the C file), 32
+floats per step with AVX2: 2.9x faster forward and backward, 1.10x the whole step (`python
+bench/train_speed.py --levers`, README "Benchmarks").
 
 What changes. Nothing but float32 rounding: both are checked against float64 GPT-2 GELU and its derivative
 (tests/test_fused_gelu.py), ours within a few units in the last place. Training takes the same path on every
