@@ -28,10 +28,15 @@ def gpt2_gelu(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
 
 
+FAR = [1e12, 1e15, 1e30, 3e38, -1e12, -1e15, -1e30, -3e38]  # where the formulas would overflow
+
+
 def inputs(n: int = 20_001, seed: int = 0) -> torch.Tensor:
-    """Typical activations, and a sweep far past where e^-z is clamped (|x| > ~8) both ways."""
+    """Typical activations, a sweep past where the kernel stops using the formulas (|z| > 87, |x| > ~9.9)
+    both ways, and values far beyond."""
     g = torch.Generator().manual_seed(seed)
-    return torch.cat([3 * torch.randn(n, generator=g), torch.linspace(-60, 60, 4001)])
+    far = torch.tensor(FAR)  # first (in whole blocks) and last (among the few left after the blocks)
+    return torch.cat([far, 3 * torch.randn(n, generator=g), torch.linspace(-60, 60, 4001), far])
 
 
 @pytest.fixture(scope="module", params=[(), fused_gelu.PLAIN], ids=["this machine's version", "plain loop"])
@@ -91,20 +96,46 @@ def test_nan_stays_nan_and_zero_is_zero(flags):
     assert y[4] == y[41] == 0
 
 
+def test_negative_inputs_are_close_relative_to_their_small_values(flags):
+    """Left of 0, gelu(x) and its slope shrink towards 0: an absolute bound would let a wrong small value
+    through, so these are held relative to themselves too. The reference is the same formula written with
+    0.5 (1 + tanh(u)) = sigmoid(2u), which keeps float64's digits where 1 + tanh(u) would cancel."""
+    x = torch.linspace(-9, -0.01, 10_000)
+    x64 = x.double().requires_grad_()
+    expected = x64 * torch.sigmoid(2 * math.sqrt(2 / math.pi) * (x64 + 0.044715 * x64**3))
+    (slope,) = torch.autograd.grad(expected, x64, torch.ones_like(x64))
+    ours, our_slope = fused_gelu.forward(x, flags).double(), fused_gelu.backward(x, torch.ones_like(x), flags).double()
+    assert ((ours - expected) / expected).abs().max() < 2e-5  # float32's rounding of z, times |z| (up to 66)
+    away = x < -2  # the slope crosses 0 at x = -0.75, where no relative bound can hold
+    assert ((our_slope - slope) / slope)[away].abs().max() < 2e-5
+
+
+def test_infinities_take_the_limits(flags):
+    x = torch.tensor([float("inf"), float("-inf")]).repeat(35)  # 70: in whole blocks and after them
+    assert fused_gelu.forward(x, flags).tolist() == [float("inf"), 0.0] * 35
+    assert fused_gelu.backward(x, torch.full((70,), 3.0), flags).tolist() == [3.0, 0.0] * 35
+
+
 def test_the_result_does_not_depend_on_the_thread_count():
-    x = inputs(seed=3)
-    threads = torch.get_num_threads()
+    x, dy = inputs(seed=3), inputs(seed=4)
+    threads = torch.get_num_threads()  # the test session runs on 1 (conftest): compare it with 4
     try:
-        torch.set_num_threads(1)
-        one = fused_gelu.gelu(x)
+        torch.set_num_threads(4)
+        four = fused_gelu.forward(x), fused_gelu.backward(x, dy)
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(one, fused_gelu.gelu(x))
+    torch.set_num_threads(1)
+    try:
+        one = fused_gelu.forward(x), fused_gelu.backward(x, dy)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], four[0]) and torch.equal(one[1], four[1])
 
 
 def test_the_op_passes_pytorchs_checks_and_compiles_into_a_graph():
     x = torch.randn(4, 40, generator=torch.Generator().manual_seed(4), requires_grad=True)
     torch.library.opcheck(fused_gelu.gelu, (x,))  # schema, fake tensor, autograd registration
+    torch.library.opcheck(fused_gelu.gelu, (x.detach().t().requires_grad_(),))  # strided: a contiguous result
     compiled = torch.compile(lambda t: fused_gelu.gelu(t * 2) + 1, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(x), fused_gelu.gelu(x * 2) + 1)
 

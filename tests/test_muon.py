@@ -137,3 +137,18 @@ def test_configure_optimizer_builds_muon_and_a_training_step_lowers_the_loss():
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_a_matrix_without_a_gradient_is_left_out_of_its_stack():
+    gen = torch.Generator().manual_seed(5)
+    used, unused = (torch.nn.Parameter(torch.randn(8, 8, generator=gen)) for _ in range(2))
+    before = unused.detach().clone()
+    opt = Muon([{"params": [used, unused], "use_muon": True, "weight_decay": 0.1}], lr=0.02)
+    used.grad = torch.randn(8, 8, generator=gen)
+    alone = Muon([{"params": [p := torch.nn.Parameter(used.detach().clone())], "use_muon": True,
+                   "weight_decay": 0.1}], lr=0.02)
+    p.grad = used.grad.clone()
+    opt.step()
+    alone.step()
+    assert torch.equal(unused.detach(), before) and unused not in opt.state
+    torch.testing.assert_close(used.detach(), p.detach(), atol=1e-7, rtol=1e-6)

@@ -14,8 +14,9 @@
        d gelu / dx = s + x s (1 - s) z',      s = sigmoid(z),   z' = 2 sqrt(2 / pi) (1 + 3 * 0.044715 x^2)
    and since 1 - s = s e^-z:    d gelu / dx = s (1 + x s e^-z z')
 
-   Large |x| is safe: z is clamped where e^-z would overflow, so s is 0 or 1 there and gelu(x) is 0 or x;
-   a NaN stays a NaN (the training loop's check for a broken step relies on it). OpenMP shares the elements
+   Far from 0 the formulas are not used: where z > 87, gelu(x) = x and its slope is 1; where z < -87, both
+   are 0 (the true values, to float32; e^-z would overflow there). A NaN stays a NaN (the training loop's
+   check for a broken step relies on it). OpenMP shares the elements
    between `threads` threads (PyTorch's count); each element is computed alone, so the result does not
    depend on the number of threads. Compiled with -DGELU_PLAIN, the plain loop is used everywhere (the tests
    check it on machines with AVX2 too). */
@@ -32,7 +33,7 @@
    normal float is 1.2e-38): e^x = 2^n e^r with n = round(x / ln 2) and |r| <= ln(2) / 2, where e^r is its
    Taylor series up to r^7 (the next term is below 1e-8 relative), and 2^n is built from its bits. */
 static inline float exp_float(float x) {
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    x = x > -87.0f ? (x < 88.0f ? x : 88.0f) : -87.0f;  /* a NaN becomes -87: no undefined cast below */
     float n = (x * LOG2E + 12582912.0f) - 12582912.0f;  /* round to nearest: adding 1.5 * 2^23 drops the fraction */
     float r = (x - n * LN2_HI) - n * LN2_LO;
     float p = 1.0f / 5040;
@@ -49,13 +50,17 @@ static inline float exp_float(float x) {
     return p * two_n;
 }
 
-/* One element: e^-z for z = K (x + A x^3), then gelu(x) = x / (1 + e^-z), and dy * gelu'(x) with
-   s (1 - s) written s * s e^-z: 1 - s itself would lose the digits that matter where s is near 1. */
-static inline float gelu_one(float x) { return x / (1.0f + exp_float(-K * x * (1.0f + A * x * x))); }
+/* One element: z = K (x + A x^3), then gelu(x) = x / (1 + e^-z), and dy * gelu'(x) with s (1 - s) written
+   s * s e^-z: 1 - s itself would lose the digits that matter where s is near 1. */
+static inline float gelu_one(float x) {
+    float z = K * x * (1.0f + A * x * x), y = x / (1.0f + exp_float(-z));
+    return z > 87.0f ? x : (z < -87.0f ? 0.0f : y);
+}
 
 static inline float gelu_backward_one(float x, float dy) {
-    float e = exp_float(-K * x * (1.0f + A * x * x)), s = 1.0f / (1.0f + e);
-    return dy * s * (1.0f + x * s * e * K * (1.0f + 3.0f * A * x * x));
+    float z = K * x * (1.0f + A * x * x), e = exp_float(-z), s = 1.0f / (1.0f + e);
+    float dx = dy * s * (1.0f + x * s * e * K * (1.0f + 3.0f * A * x * x));
+    return z > 87.0f ? dy : (z < -87.0f ? 0.0f : dx);
 }
 
 #if defined(__AVX2__) && defined(__FMA__) && !defined(GELU_PLAIN)
@@ -81,22 +86,31 @@ static inline __m256 exp_8(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
 }
 
-/* e^-z for 8 floats */
-static inline __m256 exp_minus_z_8(__m256 x) {
+/* z = K (x + A x^3) for 8 floats */
+static inline __m256 z_8(__m256 x) {
     __m256 cubic = _mm256_fmadd_ps(_mm256_mul_ps(x, x), _mm256_set1_ps(A), _mm256_set1_ps(1.0f));  /* 1 + A x^2 */
-    return exp_8(_mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(-K)), cubic));
+    return _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(K)), cubic);
+}
+
+/* where z > 87: high; where z < -87: 0; elsewhere (a NaN too): value */
+static inline __m256 far_ends_8(__m256 z, __m256 value, __m256 high) {
+    __m256 above = _mm256_cmp_ps(z, _mm256_set1_ps(87.0f), _CMP_GT_OQ);
+    __m256 below = _mm256_cmp_ps(z, _mm256_set1_ps(-87.0f), _CMP_LT_OQ);
+    return _mm256_andnot_ps(below, _mm256_blendv_ps(value, high, above));
 }
 
 static inline __m256 gelu_8(__m256 x) {
-    return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), exp_minus_z_8(x)));
+    __m256 z = z_8(x);
+    __m256 y = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), exp_8(_mm256_sub_ps(_mm256_setzero_ps(), z))));
+    return far_ends_8(z, y, x);
 }
 
 static inline __m256 gelu_backward_8(__m256 x, __m256 dy) {
-    __m256 one = _mm256_set1_ps(1.0f), e = exp_minus_z_8(x);
+    __m256 one = _mm256_set1_ps(1.0f), z = z_8(x), e = exp_8(_mm256_sub_ps(_mm256_setzero_ps(), z));
     __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, e));
     __m256 slope = _mm256_fmadd_ps(_mm256_mul_ps(x, x), _mm256_set1_ps(3.0f * A), one);  /* 1 + 3 A x^2 */
     __m256 t = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(x, s), e), _mm256_mul_ps(slope, _mm256_set1_ps(K)));
-    return _mm256_mul_ps(_mm256_mul_ps(dy, s), _mm256_add_ps(one, t));
+    return far_ends_8(z, _mm256_mul_ps(_mm256_mul_ps(dy, s), _mm256_add_ps(one, t)), dy);
 }
 
 static void forward_block(const float *x, float *y) {

@@ -88,7 +88,8 @@ class Muon(torch.optim.Optimizer):
     def _muon(self, group: dict) -> None:
         """Muon for one group. The matrices of one shape (one per block) are orthogonalised together, as one
         stack: a matrix of a small model is done in well under a millisecond, so one product per matrix
-        would cost more in calls than in arithmetic (batched, the optimizer step took ~60% less time)."""
+        would cost more in calls than in arithmetic (stacked, the Newton-Schulz steps ran 1.5x faster for the
+        quality-300s model: `bench/train_speed.py --levers`)."""
         beta, lr = group["momentum"], group["lr"]
         by_shape: dict[torch.Size, list[torch.Tensor]] = {}
         for p in group["params"]:
