@@ -113,18 +113,24 @@ def configure_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, beta2), **({"fused": True} if fused else {}))
 
 
-def lr_at(step: int, lr: float, min_lr: float, warmup_iters: int, decay_iters: int) -> float:
-    """Learning rate at `step` (0-based): linear warmup, cosine decay to min_lr, then min_lr.
+def lr_at(step: int, lr: float, min_lr: float, warmup_iters: int, decay_iters: int,
+          cooldown: float | None = None) -> float:
+    """Learning rate at `step` (0-based): linear warmup, a decay to min_lr by `decay_iters`, then min_lr.
 
     Large steps on a random network can blow it up, so the rate warms up linearly; then it follows a cosine
     from `lr` down to `min_lr`. Step 0 already gets a positive rate (lr / warmup_iters), the peak is reached
     at the end of warmup, and a decay as long as the warmup (nothing to decay) does not divide by zero.
+    With `cooldown` (a fraction, 0 < cooldown <= 1) the rate stays at its peak instead and falls in a straight
+    line to min_lr over that last fraction of the steps after warmup ("warmup-stable-decay"; 1 = a linear
+    decay all the way): most of the run at full speed, and a short run ends decayed as well as a long one.
     """
     if step < warmup_iters:
         return lr * (step + 1) / warmup_iters
     if step >= decay_iters or decay_iters <= warmup_iters:
         return min_lr
     progress = (step - warmup_iters) / (decay_iters - warmup_iters)  # 0 -> 1
+    if cooldown:
+        return min_lr + min(1.0, (1.0 - progress) / cooldown) * (lr - min_lr)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
@@ -255,7 +261,8 @@ def train(cfg: TrainConfig) -> LoopState:
         budget = TimeBudget(cfg.max_seconds, state, cfg.max_iters)  # no budget: decay_iters = max_iters
         with StopRequest() as stop:  # Ctrl-C / SIGTERM: finish the step, save, exit 0
             for step in range(state.step + 1, cfg.max_iters + 1):
-                lr = lr_at(step - 1, cfg.lr, cfg.final_min_lr, cfg.warmup_iters, budget.decay_iters)  # 0-based
+                lr = lr_at(step - 1, cfg.lr, cfg.final_min_lr, cfg.warmup_iters, budget.decay_iters,  # 0-based
+                           cfg.cooldown)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's matrices: their own peak
                 loss_mean, grad_norm, healthy = train_step(step_model, optimizer, train_loader, accum, precision,

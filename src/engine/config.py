@@ -48,6 +48,7 @@ class TrainConfig:
     muon_lr: float = 0.02  # peak learning rate of Muon (--optimizer muon)
     min_lr: float | None = None  # end of the cosine decay; None = lr / 10
     warmup_iters: int = 100
+    cooldown: float | None = None  # a constant LR, then a linear decay over this last fraction; None = cosine
     weight_decay: float = 0.1
     beta2: float = 0.99
     grad_clip: float = 1.0  # clip the gradient norm to this (0 = off)
@@ -171,6 +172,13 @@ def _probability(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = _finite(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = ArgumentParser(
@@ -210,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--muon-lr", type=_positive_float, default=d.muon_lr, help="peak learning rate of Muon")
     g.add_argument("--min-lr", type=_non_negative_float, default=d.min_lr, help="final LR (default lr/10)")
     g.add_argument("--warmup-iters", type=_non_negative_int, default=d.warmup_iters, help="linear LR warmup steps")
+    g.add_argument("--cooldown", type=_fraction, default=d.cooldown,
+                   help="hold the peak LR, then decay it linearly over this last fraction of the run (0 < F <= 1; "
+                        "default: a cosine decay)")
     g.add_argument("--weight-decay", type=_non_negative_float, default=d.weight_decay,
                    help="decoupled weight decay of the 2-D weights (AdamW's; Muon's too, times Muon's larger rate)")
     g.add_argument("--beta2", type=_probability, default=d.beta2, help="AdamW beta2")
