@@ -61,8 +61,8 @@ def test_weight_decay_only_shrinks_matrices(tiny_config):
 LR, MIN_LR, WARMUP, DECAY = 1.0, 0.1, 10, 100
 
 
-def schedule(step, warmup=WARMUP, decay=DECAY):
-    return lr_at(step, LR, MIN_LR, warmup, decay)
+def schedule(step, warmup=WARMUP, decay=DECAY, cooldown=None):
+    return lr_at(step, LR, MIN_LR, warmup, decay, cooldown)
 
 
 def test_lr_table():
@@ -94,3 +94,18 @@ def test_lr_without_warmup_and_with_nothing_to_decay():
     assert values[9] == pytest.approx(LR)
     assert values[10:] == [pytest.approx(MIN_LR)] * 20
     assert schedule(0, warmup=0, decay=0) == pytest.approx(MIN_LR)
+
+
+def test_a_cooldown_holds_the_peak_then_falls_in_a_straight_line():
+    # 90 steps after warmup; a cooldown of 0.4 is their last 36: the peak until step 64, min_lr at step 100
+    values = [schedule(s, cooldown=0.4) for s in range(120)]
+    assert values[:WARMUP] == [schedule(s) for s in range(WARMUP)]  # the same warmup as the cosine
+    assert values[WARMUP:65] == [pytest.approx(LR)] * (65 - WARMUP)
+    assert values[82] == pytest.approx(MIN_LR + 0.5 * (LR - MIN_LR))  # half-way through the cooldown
+    steps = list(pairwise(values[64:101]))
+    assert all(a - b == pytest.approx((LR - MIN_LR) / 36) for a, b in steps)  # a straight line
+    assert values[100:] == [pytest.approx(MIN_LR)] * 20
+    # a cooldown of 1: a linear decay from the end of warmup, half-way at the cosine's midpoint
+    assert schedule(WARMUP, cooldown=1.0) == pytest.approx(LR)
+    assert schedule(55, cooldown=1.0) == pytest.approx(MIN_LR + 0.5 * (LR - MIN_LR))
+    assert schedule(28, cooldown=1.0) == pytest.approx(MIN_LR + 0.8 * (LR - MIN_LR))
