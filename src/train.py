@@ -273,12 +273,13 @@ def train(cfg: TrainConfig) -> LoopState:
                     log.train(step, ddp.mean(loss_mean).item(), lr, grad_norm.item())
                 out_of_time = budget.check(step, ddp)  # also fits the cosine's end (decay_iters) to the budget
                 if step % cfg.eval_interval == 0 or step == cfg.max_iters or out_of_time:
-                    train_loss, val_loss = evaluate(model, eval_batches, precision.autocast_ctx, ddp)
-                    best = state.record_eval(train_loss, val_loss, data.tokens_per_byte, data.tokens_per_char)
-                    save_run(out_dir, model, data.tokenizer, optimizer, precision.scaler, train_loader, state,
-                             cfg.to_dict(), ddp, best=best)
-                    snapshots.save(model, step)
-                    log.eval(state)
+                    with budget.paused():  # evaluating and saving are not training: not counted in --max-seconds
+                        train_loss, val_loss = evaluate(model, eval_batches, precision.autocast_ctx, ddp)
+                        best = state.record_eval(train_loss, val_loss, data.tokens_per_byte, data.tokens_per_char)
+                        save_run(out_dir, model, data.tokenizer, optimizer, precision.scaler, train_loader, state,
+                                 cfg.to_dict(), ddp, best=best)
+                        snapshots.save(model, step)
+                        log.eval(state)
                 if out_of_time:
                     log.say(f"\ntime budget of {cfg.max_seconds:.0f} s used up at step {step}")
                     break

@@ -752,6 +752,41 @@ def test_a_time_budget_fits_the_schedule_to_what_is_left_and_resumes_there(monke
         None, LoopState(), 77).check(5, Distributed())
 
 
+def test_evaluating_and_saving_do_not_count_against_a_time_budget(monkeypatch):
+    """The clock stops inside `paused()` (train.py evaluates and saves there): neither the seconds trained
+    nor the speed the schedule is fitted with include that time, and an exception inside still restarts it."""
+    from src.engine import resume
+
+    now = [0.0]
+    monkeypatch.setattr(resume.time, "time", lambda: now[0])
+    state = LoopState()
+    budget = resume.TimeBudget(10.0, state, max_iters=1000)
+    now[0] += 2.0  # 20 steps in 2 s
+    with budget.paused():
+        now[0] += 30.0  # an evaluation three times longer than the budget
+    assert not budget.check(20, Distributed())
+    assert state.seconds_trained == 2.0 and budget.decay_iters == 100  # 10 steps/s x 10 s
+    with pytest.raises(KeyboardInterrupt), budget.paused():
+        now[0] += 5.0
+        raise KeyboardInterrupt
+    now[0] += 8.0
+    assert budget.check(100, Distributed()) and state.seconds_trained == 10.0
+
+
+def test_a_run_does_not_spend_its_time_budget_on_evaluations(engine, tmp_path, monkeypatch):
+    slow = [0.3] * 5  # the evaluations at steps 5 to 20 take 1.2 s in all, more than the whole 1 s budget
+    evaluate = train_mod.evaluate
+
+    def slow_evaluate(*args):
+        time.sleep(slow.pop() if slow else 0.0)
+        return evaluate(*args)
+
+    monkeypatch.setattr(train_mod, "evaluate", slow_evaluate)
+    state = engine(tmp_path / "out", "--max-iters", "1000000", "--eval-interval", "5", "--max-seconds", "1")
+    assert not slow and state.step > 20  # trained on after them
+    assert 1.0 <= state.seconds_trained < 3.0
+
+
 def test_a_run_that_used_its_time_budget_resumes_only_with_more_time(engine, tmp_path):
     out = tmp_path / "out"
     flags = ["--max-iters", "1000000", "--eval-interval", "1000000", "--warmup-iters", "2"]
@@ -775,6 +810,17 @@ def test_muon_trains_at_its_own_rate_and_a_resume_takes_the_new_one(engine, tmp_
     engine(out, "--max-iters", "4", *flags[2:], "--muon-lr", "0.04", "--resume")
     last_lr = [r for r in rows(out) if r["event"] == "train"][-1]["lr"]
     assert state_meta(out / STATE_FILE)["optimizer"]["param_groups"][0]["lr"] == pytest.approx(last_lr * 40)
+
+
+@pytest.mark.parametrize("cooldown", [None, 0.5])
+def test_the_loop_trains_on_the_schedule_it_was_given(engine, tmp_path, cooldown):
+    flags = ["--max-iters", "12", "--eval-interval", "12", "--warmup-iters", "2", "--log-interval", "1",
+             "--lr", "1e-3", "--min-lr", "1e-4"]
+    engine(tmp_path / "out", *flags, *(["--cooldown", cooldown] if cooldown else []))
+    logged = [r["lr"] for r in rows(tmp_path / "out") if r["event"] == "train"]
+    expected = [train_mod.lr_at(s, 1e-3, 1e-4, 2, 12, cooldown) for s in range(12)]
+    assert logged == [pytest.approx(lr, rel=5e-3) for lr in expected]  # the log keeps 3 digits
+    assert (logged[5] == pytest.approx(1e-3)) == (cooldown is not None)  # held at the peak, or already decaying
 
 
 def test_resuming_with_another_optimizer_or_fine_tuning_with_muon_is_refused(engine, tmp_path, capsys):

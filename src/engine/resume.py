@@ -24,6 +24,7 @@ Who uses it: `train.py` (all of it: `save_run` saves the checkpoint folders too,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -128,7 +129,8 @@ class TimeBudget:
     fast machine or a slow one. The seconds spent and the fitted end are kept in the loop state, so a
     resumed run trains for what is left, on the schedule it was on. All processes go by the slowest
     clock, so they fit the same schedule and stop at the same step. Without a budget it never ends the run
-    and `decay_iters` stays at `max_iters`.
+    and `decay_iters` stays at `max_iters`. Evaluations and checkpoints are not training: inside `paused()`
+    the clock stops, so the budget buys the same steps however often the run evaluates.
     """
 
     def __init__(self, seconds: float | None, state: LoopState, max_iters: int):
@@ -136,6 +138,15 @@ class TimeBudget:
         self.start_step, self.spent_before = state.step, state.seconds_trained
         self.decay_iters = (state.decay_iters or max_iters) if seconds else max_iters
         self.started = time.time()
+
+    @contextlib.contextmanager
+    def paused(self):
+        """The time spent inside does not count against the budget (nor into the speed it fits with)."""
+        started = time.time()
+        try:
+            yield
+        finally:
+            self.started += time.time() - started
 
     def check(self, step: int, ddp) -> bool:
         """Called after `step`: re-fit `decay_iters`; True once the budget is spent."""
