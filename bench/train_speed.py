@@ -32,12 +32,13 @@ own figures stay in the footer as history, measured on another machine.
 
 Levers (--levers): what each of our own CPU training kernels buys, at the quality-300s preset's sizes:
 GELU forward and backward in gelu.c (engine/fused_gelu.py) against F.gelu; Muon's Newton-Schulz run on the
-matrices of one shape stacked against one at a time (engine/muon.py); and the whole training step with and
+matrices of one shape stacked against one at a time (engine/muon.py), and its steps with the scaling and
+adding folded into the products (baddbmm) against written out; and the whole training step with and
 without the GELU kernel. Each pair takes turns; the table gives both medians and their ratio.
 
 Quality (--quality): `python src/train.py --preset quality-300s --data ../shared/data/tinyshakespeare.txt`
-with a wall-clock budget for training (from the first step, evaluations included), kept by the run itself
-(`--max-seconds`: the cosine schedule is fitted to the budget, so it has decayed when time runs out); a
+with a wall-clock budget for training (from the first step; the clock stops while the run evaluates), kept by
+the run itself (`--max-seconds`: the cosine schedule is fitted to the budget, so it has decayed when time runs out); a
 SIGTERM 60 s later is only a safety net, after which the saved model is measured on train.py's own
 validation batches. Goal: <= 1.50; nanoGPT's laptop configuration stretched to 300 s
 reaches 1.577.
@@ -72,7 +73,7 @@ from src.engine.corpus import CACHE_DIR  # noqa: E402
 from src.engine.distributed import Distributed  # noqa: E402
 from src.engine.fused_gelu import gelu as fused_gelu  # noqa: E402
 from src.engine.fused_gelu import use_fused_gelu  # noqa: E402
-from src.engine.muon import orthogonalize  # noqa: E402
+from src.engine.muon import NS_COEFFICIENTS, orthogonalize  # noqa: E402
 from src.engine.perf import cpu_description, cpu_peaks  # noqa: E402
 from src.engine.precision import Precision  # noqa: E402
 from src.tokenizer import CharTokenizer  # noqa: E402
@@ -266,6 +267,18 @@ def speed_table(steps: int, warmup: int, dtypes: list[str], shapes: list[str]) -
     return "\n".join(lines)
 
 
+def written_out_newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Muon's orthogonalisation with each step as three products and four passes of scaling and adding (as
+    `orthogonalize` was before it folded them into baddbmm): the "before" of that lever. Stacks of wide
+    matrices only."""
+    a, b, c = NS_COEFFICIENTS
+    x = g / (g.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x
+
+
 def levers_table(rounds: int) -> str:
     """What each of the CPU training step's own kernels buys, at the `quality-300s` preset's sizes: the
     operation PyTorch's way and ours, taking turns, and the whole step with and without the GELU kernel."""
@@ -285,6 +298,9 @@ def levers_table(rounds: int) -> str:
     stacks = [torch.randn(cfg.n_layer, *shape, generator=g) for shape in shapes]
     one_at_a_time = lambda: [orthogonalize(m) for stack in stacks for m in stack]  # noqa: E731
     stacked = lambda: [orthogonalize(stack) for stack in stacks]  # noqa: E731
+    wide = [stack if stack.size(-2) <= stack.size(-1) else stack.mT for stack in stacks]
+    written_out = lambda: [written_out_newton_schulz(stack) for stack in wide]  # noqa: E731
+    folded = lambda: [orthogonalize(stack) for stack in wide]  # noqa: E731
 
     def training_step(fused: bool):
         torch.manual_seed(cfg.seed)
@@ -301,6 +317,7 @@ def levers_table(rounds: int) -> str:
          gelu_pass(fused_gelu), "F.gelu(tanh)", "gelu.c"),
         (f"Muon's Newton-Schulz, {len(shapes) * cfg.n_layer} matrices", one_at_a_time, stacked,
          "one at a time", "stacked by shape"),
+        ("Newton-Schulz steps, the same stacks", written_out, folded, "written out", "baddbmm"),
         (f"training step, {B} x {T} tokens, Muon", training_step(False), training_step(True),
          "F.gelu(tanh)", "gelu.c"),
     ]

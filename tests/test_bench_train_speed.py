@@ -66,3 +66,11 @@ def test_alternating_timer_times_every_contender_after_warmup(bench):
     times = bench.time_alternating({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2, 1)
     assert calls == ["a", "b", "b", "a", "a", "b"]  # who goes first swaps every round
     assert {name: len(t) for name, t in times.items()} == {"a": 2, "b": 2}
+
+
+def test_the_levers_written_out_newton_schulz_is_muons(bench):
+    """--levers times Muon's orthogonalisation written out against ours: both must compute the same."""
+    from src.engine.muon import orthogonalize
+
+    stack = torch.randn(4, 24, 96, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(bench.written_out_newton_schulz(stack), orthogonalize(stack), atol=1e-5, rtol=1e-4)

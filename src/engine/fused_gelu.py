@@ -1,10 +1,10 @@
 """GPT-2's GELU for CPU training, in one pass over memory each way: a small C kernel of our own (gelu.c).
 
-Why. On a CPU, the MLP's GELU and its gradient took about 12% of a training step of the `quality-300s` model
+Why. On a CPU, the MLP's GELU and its gradient took 12-13% of a training step of the `quality-300s` model
 (4 layers, 96 wide, 4,096 tokens, on a 2-core AMD EPYC Zen 3): PyTorch evaluates tanh with a library routine
 that is slow there. gelu.c computes the same function with one exponential of its own (see the C file), 32
-floats per step with AVX2: 2.8x faster forward and backward, 1.12x the whole step (`python
-bench/train_speed.py --levers`, README "Benchmarks").
+floats per step with AVX2: 2.7-2.8x faster forward and backward, 1.07-1.12x the whole step in two runs
+(`python bench/train_speed.py --levers`, README "Benchmarks").
 
 What changes. Nothing but float32 rounding: both are checked against float64 GPT-2 GELU and its derivative
 (tests/test_fused_gelu.py), to 4e-7 of the value (or of 1, near 0). Training takes the same path on every run,
