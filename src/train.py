@@ -271,7 +271,7 @@ def train(cfg: TrainConfig) -> LoopState:
                 state.stop_if_stuck(cfg.max_bad_steps, loss_mean, lr, out_dir)  # NaN/inf step after step
                 if step % cfg.log_interval == 0 or step == cfg.max_iters:
                     log.train(step, ddp.mean(loss_mean).item(), lr, grad_norm.item())
-                out_of_time = budget.check(step, ddp)  # also fits the cosine's end (decay_iters) to the budget
+                out_of_time = budget.check(step, ddp)  # also fits the decay's end (decay_iters) to the budget
                 if step % cfg.eval_interval == 0 or step == cfg.max_iters or out_of_time:
                     with budget.paused():  # evaluating and saving are not training: not counted in --max-seconds
                         train_loss, val_loss = evaluate(model, eval_batches, precision.autocast_ctx, ddp)

@@ -499,6 +499,7 @@ def test_init_from_implies_the_finetune_preset():
     ["--d-model", "30", "--n-head", "4"], ["--lr", "0.1", "--min-lr", "1"], ["--preset", "gpt5"],
     ["--tokens-per-step", "0"], ["--dtype", "int8"], ["--max-bad-steps", "0"], ["--compile", "maybe"],
     ["--tokenizer", "bpe", "--vocab-size", "100"], ["--warmup-iters", "-3"],
+    ["--cooldown", "0"], ["--cooldown", "1.5"], ["--cooldown", "nan"],
 ])
 def test_parser_rejects_bad_values_with_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:

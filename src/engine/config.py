@@ -46,7 +46,7 @@ class TrainConfig:
     optimizer: str = "adamw"  # "adamw", or "muon" (Muon for the blocks' matrices, AdamW for the rest)
     lr: float = 1e-3  # peak learning rate of AdamW
     muon_lr: float = 0.02  # peak learning rate of Muon (--optimizer muon)
-    min_lr: float | None = None  # end of the cosine decay; None = lr / 10
+    min_lr: float | None = None  # where the decay ends; None = lr / 10
     warmup_iters: int = 100
     cooldown: float | None = None  # a constant LR, then a linear decay over this last fraction; None = cosine
     weight_decay: float = 0.1

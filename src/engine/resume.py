@@ -125,7 +125,7 @@ class TimeBudget:
     """`--max-seconds`: end training when the time is used up, with the learning rate decayed by then.
 
     After every step it projects how many steps fit into what is left of the budget at the speed so far,
-    and moves the end of the cosine decay (`decay_iters`) there, so the schedule ends fully decayed on a
+    and moves the end of the decay (`decay_iters`) there, so the schedule ends fully decayed on a
     fast machine or a slow one. The seconds spent and the fitted end are kept in the loop state, so a
     resumed run trains for what is left, on the schedule it was on. All processes go by the slowest
     clock, so they fit the same schedule and stop at the same step. Without a budget it never ends the run
