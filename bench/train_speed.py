@@ -31,10 +31,12 @@ the user's shape in bf16: at least 2.5x HF's fp32 step and at least 60% of the b
 own figures stay in the footer as history, measured on another machine.
 
 Levers (--levers): what each of our own CPU training kernels buys, at the quality-300s preset's sizes:
-GELU forward and backward in gelu.c (engine/fused_gelu.py) against F.gelu; Muon's Newton-Schulz run on the
-matrices of one shape stacked against one at a time (engine/muon.py), and its steps with the scaling and
-adding folded into the products (baddbmm) against written out; and the whole training step with and
-without the GELU kernel. Each pair takes turns; the table gives both medians and their ratio.
+GELU forward and backward in gelu.c (engine/fused_gelu.py) against F.gelu; causal attention forward and
+backward from qkv in attention.c (engine/fused_attention.py) against the layer's own way (split into heads,
+F.scaled_dot_product_attention, heads put back); Muon's Newton-Schulz run on the matrices of one shape
+stacked against one at a time (engine/muon.py), and its steps with the scaling and adding folded into the
+products (baddbmm) against written out; and the whole training step with and without our two kernels.
+Each pair takes turns; the table gives both medians and their ratio.
 
 Quality (--quality): `python src/train.py --preset quality-300s --data ../shared/data/tinyshakespeare.txt`
 with a wall-clock budget for training (from the first step; the clock stops while the run evaluates), kept by
@@ -71,6 +73,7 @@ from src.engine.checkpoint import save_checkpoint  # noqa: E402
 from src.engine.config import TrainConfig, parse_args  # noqa: E402
 from src.engine.corpus import CACHE_DIR  # noqa: E402
 from src.engine.distributed import Distributed  # noqa: E402
+from src.engine.fused_attention import causal_attention, use_fused_attention  # noqa: E402
 from src.engine.fused_gelu import gelu as fused_gelu  # noqa: E402
 from src.engine.fused_gelu import use_fused_gelu  # noqa: E402
 from src.engine.muon import NS_COEFFICIENTS, orthogonalize  # noqa: E402
@@ -144,7 +147,8 @@ def contenders(flags: list[str], dtype: str):
     cfg = train_config(flags, dtype)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, VOCAB)
-    use_fused_gelu(model)  # as train.py does on a CPU (HF keeps its own GELU)
+    use_fused_gelu(model)  # as train.py does on a CPU (HF keeps its own GELU and attention)
+    use_fused_attention(model)
     peer = hf_peer(model)
     device = torch.device("cpu")
     precision = Precision(device, torch.bfloat16 if dtype == "bfloat16" else torch.float32)  # no scaler
@@ -281,7 +285,7 @@ def written_out_newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
 
 def levers_table(rounds: int) -> str:
     """What each of the CPU training step's own kernels buys, at the `quality-300s` preset's sizes: the
-    operation PyTorch's way and ours, taking turns, and the whole step with and without the GELU kernel."""
+    operation PyTorch's way and ours, taking turns, and the whole step with and without our two kernels."""
     cfg = parse_args(["--preset", "quality-300s", "--device", "cpu", "--compile", "off"])
     B, T, C = cfg.batch_size, cfg.block_size, cfg.d_model
     g = torch.Generator().manual_seed(0)
@@ -302,11 +306,24 @@ def levers_table(rounds: int) -> str:
     written_out = lambda: [written_out_newton_schulz(stack) for stack in wide]  # noqa: E731
     folded = lambda: [orthogonalize(stack) for stack in wide]  # noqa: E731
 
+    qkv, dy = torch.randn(B, T, 3 * C, generator=g), torch.randn(B, T, C, generator=g)
+
+    def attention_pass(function):
+        def run():
+            x = qkv.clone().requires_grad_()
+            function(x).backward(dy)
+        return run
+
+    def pytorch_attention(x: torch.Tensor) -> torch.Tensor:  # CausalSelfAttention's own way
+        q, k, v = x.view(B, T, 3, cfg.n_head, C // cfg.n_head).permute(2, 0, 3, 1, 4).unbind(0)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+
     def training_step(fused: bool):
         torch.manual_seed(cfg.seed)
         model = build_model(cfg, VOCAB)
         if fused:
             use_fused_gelu(model)
+            use_fused_attention(model)
         optimizer = configure_optimizer(model, cfg.lr, cfg.weight_decay, torch.device("cpu"), cfg.beta2,
                                         cfg.optimizer, cfg.muon_lr)
         loader, precision = batches(cfg), Precision(torch.device("cpu"), torch.float32)
@@ -315,18 +332,20 @@ def levers_table(rounds: int) -> str:
     pairs = [
         (f"GELU forward + backward, ({B}, {T}, {4 * C})", gelu_pass(lambda x: F.gelu(x, approximate="tanh")),
          gelu_pass(fused_gelu), "F.gelu(tanh)", "gelu.c"),
+        (f"attention forward + backward, ({B}, {T}, {3 * C})", attention_pass(pytorch_attention),
+         attention_pass(lambda x: causal_attention(x, cfg.n_head)[0]), "SDPA + copies", "attention.c"),
         (f"Muon's Newton-Schulz, {len(shapes) * cfg.n_layer} matrices", one_at_a_time, stacked,
          "one at a time", "stacked by shape"),
         ("Newton-Schulz steps, the same stacks", written_out, folded, "written out", "baddbmm"),
         (f"training step, {B} x {T} tokens, Muon", training_step(False), training_step(True),
-         "F.gelu(tanh)", "gelu.c"),
+         "PyTorch's", "gelu.c+attention.c"),
     ]
-    header = f"{'lever':<42} {'before':>16} {'ms':>8} {'after':>16} {'ms':>8} {'speed-up':>9}"
+    header = f"{'lever':<42} {'before':>18} {'ms':>8} {'after':>18} {'ms':>8} {'speed-up':>9}"
     lines = [header, "-" * len(header)]
     for name, before, after, before_name, after_name in pairs:
         times = time_alternating({"before": before, "after": after}, rounds, 3)
         b, a = (statistics.median(times[k]) * 1e3 for k in ("before", "after"))
-        lines.append(f"{name:<42} {before_name:>16} {b:>8.2f} {after_name:>16} {a:>8.2f} {b / a:>8.2f}x")
+        lines.append(f"{name:<42} {before_name:>18} {b:>8.2f} {after_name:>18} {a:>8.2f} {b / a:>8.2f}x")
     lines.append("")
     lines.append(f"the quality-300s preset: {cfg.n_layer} layers, {C} wide, batch {B} x context {T}, float32; "
                  f"median of {rounds} rounds after 3, before and after taking turns")

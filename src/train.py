@@ -41,6 +41,7 @@ from src.engine.checkpoint import RunLock, folder_tokenizer, gpt2_tokenizer, loa
 from src.engine.config import TrainConfig, parse_args
 from src.engine.distributed import Distributed
 from src.engine.errors import UserError, run_cli
+from src.engine.fused_attention import use_fused_attention
 from src.engine.fused_gelu import use_fused_gelu
 from src.engine.metrics import TrainingLog
 from src.engine.muon import Muon, muon_groups
@@ -220,8 +221,9 @@ def train(cfg: TrainConfig) -> LoopState:
         # 2. Model and optimizer. `model` is the model itself: evaluated, sampled and saved. `step_model` is
         # what a training step calls: the same model, compiled (--compile) and wrapped for DDP when asked.
         model = build_model(cfg, data.tokenizer.vocab_size).to(device)
-        if device.type == "cpu":  # the MLP's GELU in one pass each way, not PyTorch's slower one on a CPU
+        if device.type == "cpu":  # our own C kernels for the MLP's GELU and for attention, faster on a CPU
             use_fused_gelu(model)
+            use_fused_attention(model)
         if cfg.activation_checkpointing:  # GPT only (the parser checks): recompute each block in backward
             model.recompute_activations = True
         optimizer = configure_optimizer(model, cfg.lr, cfg.weight_decay, device, cfg.beta2, cfg.optimizer,
