@@ -15,6 +15,7 @@ called from the reading path in one named call:
     hub.py          downloading released GPT-2 files from the Hugging Face Hub
     muon.py         the Muon optimizer (orthogonalised momentum) beside AdamW, for --optimizer muon
     fused_gelu.py   GPT-2's GELU for CPU training in one pass each way: a small C kernel of our own (gelu.c)
+    fused_attention.py  causal attention for CPU training from qkv and back: a C kernel of our own (attention.c)
     quantize.py     int8 weights for faster generation on a CPU
     int8_matvec.py  int8 weights times a vector: a small C kernel of our own (int8_matvec.c), as a PyTorch op
     ckernel.py      compiling our C kernels on first use, and loading them
