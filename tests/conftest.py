@@ -173,3 +173,62 @@ def trained_run(tmp_path_factory):
     proc = _run_cli("src/train.py", "--data", data, "--out-dir", out_dir, *TINY_TRAIN_FLAGS)
     assert proc.returncode == 0, proc.stderr
     return out_dir, data, proc
+
+
+@pytest.fixture
+def cpu_run_swaps(monkeypatch, tmp_path):
+    """What one of train.py's kernel swaps (`"use_fused_gelu"`, `"use_fused_attention"`) returned in a 2-step
+    run of a 2-layer model on the CPU: `cpu_run_swaps("use_fused_gelu") == [2]`."""
+    from src import train as train_module
+
+    def run(swap: str) -> list[int]:
+        swapped = []
+        real = getattr(train_module, swap)
+        monkeypatch.setattr(train_module, swap, lambda model: swapped.append(real(model)))
+        data = tmp_path / "data.txt"
+        data.write_text("hello world, the quick brown fox. " * 200)
+        train_module.main(["--data", str(data), "--out-dir", str(tmp_path / "out"), "--n-layer", "2", "--n-head",
+                           "2", "--d-model", "16", "--block-size", "16", "--batch-size", "2", "--max-iters", "2",
+                           "--eval-iters", "1", "--sample-tokens", "0", "--device", "cpu"])
+        return swapped
+
+    return run
+
+
+@pytest.fixture
+def swap_without_a_compiler(monkeypatch):
+    """`swap_without_a_compiler(module, use)`: with a "compiler" that always fails in place of module.KERNEL's,
+    calls `use(model)` twice on a 2-layer GPT (both must swap nothing); returns (the model, the warnings)."""
+    import warnings
+
+    from src.engine import ckernel
+    from src.model import GPT, GPTConfig
+
+    def run(module, use):
+        monkeypatch.setenv("CC", "false")
+        real = module.KERNEL
+        monkeypatch.setattr(module, "KERNEL", ckernel.Kernel(real.source, real.declare, real.fallback, real.flags))
+        model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=16))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert use(model) == 0
+            assert use(model) == 0  # the second time, no second attempt and no second warning
+        return model, caught
+
+    return run
+
+
+def assert_trains_alike(plain: torch.nn.Module, swapped: torch.nn.Module, seed: int = 0) -> None:
+    """A GPT with one of our kernels swapped in gives the plain model's loss and every gradient, to float32
+    rounding, on one batch; and its checkpoints hold the same names (the swap is invisible to them)."""
+    x = torch.randint(0, plain.config.vocab_size, (4, plain.config.block_size),
+                      generator=torch.Generator().manual_seed(seed))
+    losses = []
+    for model in (plain, swapped):
+        _, loss = model(x[:, :-1], x[:, 1:])
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-6, rtol=1e-6)
+    for (name, p), q in zip(plain.named_parameters(), swapped.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-6, rtol=1e-5, msg=name)
+    assert swapped.state_dict().keys() == plain.state_dict().keys()

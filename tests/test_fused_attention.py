@@ -10,15 +10,15 @@ left out of dS, dK's sum over the queries i >= j started one row late) fails the
 from __future__ import annotations
 
 import math
-import warnings
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from src.engine import ckernel, fused_attention
+from src.engine import fused_attention
 from src.engine.fused_attention import FusedCausalSelfAttention, causal_attention, use_fused_attention
 from src.model import GPT, CausalSelfAttention, GPTConfig
+from tests.conftest import assert_trains_alike
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -161,16 +161,7 @@ def test_a_gpt_with_the_kernel_trains_as_without_it():
     assert sum(type(m) is FusedCausalSelfAttention for m in fused.modules()) == 3
     assert not any(type(m) is CausalSelfAttention for m in fused.modules())
     assert use_fused_attention(fused) == 0  # swapped once only
-    x = torch.randint(0, 11, (4, 16), generator=torch.Generator().manual_seed(8))
-    losses = []
-    for model in (plain, fused):
-        _, loss = model(x[:, :-1], x[:, 1:])
-        loss.backward()
-        losses.append(loss)
-    torch.testing.assert_close(losses[1], losses[0], atol=1e-6, rtol=1e-6)
-    for (name, p), q in zip(plain.named_parameters(), fused.parameters(), strict=True):
-        torch.testing.assert_close(q.grad, p.grad, atol=1e-6, rtol=1e-5, msg=name)
-    assert fused.state_dict().keys() == plain.state_dict().keys()  # checkpoints do not see the swap
+    assert_trains_alike(plain, fused, seed=8)
 
 
 def test_the_swapped_layer_keeps_every_setting_of_the_layer():
@@ -215,28 +206,11 @@ def test_where_the_kernel_does_not_apply_the_layer_computes_as_before(monkeypatc
     assert calls == [1] * 3  # evaluating: no dropout, the kernel
 
 
-def test_training_on_a_cpu_uses_the_kernel(monkeypatch, tmp_path):
-    from src import train as train_module
-
-    swapped = []
-    real = train_module.use_fused_attention
-    monkeypatch.setattr(train_module, "use_fused_attention", lambda model: swapped.append(real(model)))
-    data = tmp_path / "data.txt"
-    data.write_text("hello world, the quick brown fox. " * 200)
-    train_module.main(["--data", str(data), "--out-dir", str(tmp_path / "out"), "--n-layer", "2", "--n-head", "2",
-                       "--d-model", "16", "--block-size", "16", "--batch-size", "2", "--max-iters", "2",
-                       "--eval-iters", "1", "--sample-tokens", "0", "--device", "cpu"])
-    assert swapped == [2]
+def test_training_on_a_cpu_uses_the_kernel(cpu_run_swaps):
+    assert cpu_run_swaps("use_fused_attention") == [2]
 
 
-def test_without_a_compiler_nothing_is_swapped(monkeypatch):
-    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
-    kernel = ckernel.Kernel(fused_attention.KERNEL.source, fused_attention._declare, fallback="PyTorch's attention")
-    monkeypatch.setattr(fused_attention, "KERNEL", kernel)
-    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=16))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert use_fused_attention(model) == 0
-        assert use_fused_attention(model) == 0  # the second time, no second attempt and no second warning
+def test_without_a_compiler_nothing_is_swapped(swap_without_a_compiler):
+    model, caught = swap_without_a_compiler(fused_attention, use_fused_attention)
     assert len(caught) == 1 and "attention.c could not be compiled" in str(caught[0].message)
     assert sum(type(m) is CausalSelfAttention for m in model.modules()) == 2

@@ -10,16 +10,16 @@ written A x^2 in the derivative, the clamp removed) fails these tests.
 from __future__ import annotations
 
 import math
-import warnings
 
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from src.engine import ckernel, fused_gelu
+from src.engine import fused_gelu
 from src.engine.fused_gelu import FusedGELU, use_fused_gelu
 from src.model import GPT, GPTConfig
+from tests.conftest import assert_trains_alike
 
 
 def gpt2_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -162,40 +162,14 @@ def test_a_gpt_with_the_kernel_trains_as_without_it():
     assert use_fused_gelu(fused) == 3
     assert sum(isinstance(m, FusedGELU) for m in fused.modules()) == 3
     assert not any(isinstance(m, nn.GELU) for m in fused.modules())
-    x = torch.randint(0, 11, (4, 16), generator=torch.Generator().manual_seed(6))
-    losses = []
-    for model in (plain, fused):
-        _, loss = model(x[:, :-1], x[:, 1:])
-        loss.backward()
-        losses.append(loss)
-    torch.testing.assert_close(losses[1], losses[0], atol=1e-6, rtol=1e-6)
-    for (name, p), q in zip(plain.named_parameters(), fused.parameters(), strict=True):
-        torch.testing.assert_close(q.grad, p.grad, atol=1e-6, rtol=1e-5, msg=name)
-    assert fused.state_dict().keys() == plain.state_dict().keys()  # checkpoints do not see the swap
+    assert_trains_alike(plain, fused, seed=6)
 
 
-def test_training_on_a_cpu_uses_the_kernel(monkeypatch, tmp_path):
-    from src import train as train_module
-
-    swapped = []
-    real = train_module.use_fused_gelu
-    monkeypatch.setattr(train_module, "use_fused_gelu", lambda model: swapped.append(real(model)))
-    data = tmp_path / "data.txt"
-    data.write_text("hello world, the quick brown fox. " * 200)
-    train_module.main(["--data", str(data), "--out-dir", str(tmp_path / "out"), "--n-layer", "2", "--n-head", "2",
-                       "--d-model", "16", "--block-size", "16", "--batch-size", "2", "--max-iters", "2",
-                       "--eval-iters", "1", "--sample-tokens", "0", "--device", "cpu"])
-    assert swapped == [2]
+def test_training_on_a_cpu_uses_the_kernel(cpu_run_swaps):
+    assert cpu_run_swaps("use_fused_gelu") == [2]
 
 
-def test_without_a_compiler_nothing_is_swapped(monkeypatch):
-    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
-    kernel = ckernel.Kernel(fused_gelu.KERNEL.source, fused_gelu._declare, fallback="PyTorch's GELU")
-    monkeypatch.setattr(fused_gelu, "KERNEL", kernel)
-    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=16))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert use_fused_gelu(model) == 0
-        assert use_fused_gelu(model) == 0  # the second time, no second attempt and no second warning
+def test_without_a_compiler_nothing_is_swapped(swap_without_a_compiler):
+    model, caught = swap_without_a_compiler(fused_gelu, use_fused_gelu)
     assert len(caught) == 1 and "gelu.c could not be compiled" in str(caught[0].message)
     assert sum(isinstance(m, nn.GELU) for m in model.modules()) == 2
