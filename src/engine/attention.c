@@ -9,7 +9,7 @@
    e^(S - L) without keeping a T x T matrix per head between the two.
 
    Why our own. At the small heads this project trains on a CPU (hs = 32, T = 128), PyTorch's fused
-   attention took about a quarter of a training step; most of it was not arithmetic. Here the data comes
+   attention and the copies around it took about a quarter of a training step. Here the data comes
    straight from the layer's qkv tensor (B, T, 3C) and the output goes straight to (B, T, C): no copies to
    split the heads and put them together again, either way. Each head is one task for one thread, its rows
    copied into small buffers that stay in the cache; the products are blocks of R rows x W columns kept in
