@@ -186,10 +186,9 @@ def cpu_run_swaps(monkeypatch, tmp_path):
         real = getattr(train_module, swap)
         monkeypatch.setattr(train_module, swap, lambda model: swapped.append(real(model)))
         data = tmp_path / "data.txt"
-        data.write_text("hello world, the quick brown fox. " * 200)
-        train_module.main(["--data", str(data), "--out-dir", str(tmp_path / "out"), "--n-layer", "2", "--n-head",
-                           "2", "--d-model", "16", "--block-size", "16", "--batch-size", "2", "--max-iters", "2",
-                           "--eval-iters", "1", "--sample-tokens", "0", "--device", "cpu"])
+        data.write_text(TINY_TEXT)
+        train_module.main(["--data", str(data), "--out-dir", str(tmp_path / "out"), *TINY_TRAIN_FLAGS,
+                           "--n-layer", "2", "--max-iters", "2", "--sample-tokens", "0"])  # the last flags win
         return swapped
 
     return run
