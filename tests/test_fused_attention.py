@@ -48,8 +48,10 @@ def random_qkv(B: int, T: int, n_head: int, hs: int, seed: int = 0, scale: float
     return scale * torch.randn(B, T, 3 * n_head * hs, generator=torch.Generator().manual_seed(seed))
 
 
-# (B, T, n_head, hs): the preset's heads, GPT-2's, and sizes that are not whole blocks (R = 4 rows, W = 16 columns)
-SHAPES = [(2, 128, 3, 32), (1, 64, 2, 64), (3, 17, 3, 20), (2, 5, 2, 3), (1, 1, 1, 8), (2, 33, 4, 16), (1, 70, 1, 48)]
+# (B, T, n_head, hs): the preset's heads, GPT-2's, sizes that are not whole blocks (R = 6 rows, W = 16 columns)
+# and one that is whole blocks of both
+SHAPES = [(2, 128, 3, 32), (1, 64, 2, 64), (3, 17, 3, 20), (2, 5, 2, 3), (1, 1, 1, 8), (2, 33, 4, 16), (1, 70, 1, 48),
+          (1, 96, 2, 24)]
 
 
 @pytest.mark.parametrize("B,T,n_head,hs", SHAPES)
