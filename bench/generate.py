@@ -1,6 +1,6 @@
 """Decoding speed against the memory-bandwidth limit, next to Hugging Face `transformers` in the same run.
 
-    python bench/generate.py [--tokens 100] [--repeats 5] [--threads N] [--shapes 124M char]
+    python bench/generate.py [--tokens 100] [--repeats 5] [--threads N] [--shapes 124M char] [--only C compiled]
     python bench/generate.py --levers     # the matrix-vector products alone, in every way tried
 
 A decoding step reads every weight of the model once, for one multiply-add each, so on a CPU its time is
@@ -20,8 +20,9 @@ Rows (batch 1, a 1-token prompt, `--tokens` new tokens sampled at temperature 1,
   reads each int8 weight once (`sample.py --int8`); PyTorch's kernel: `_weight_int8pack_mm`, what
   `--int8` falls back to without a C compiler;
 - step compiled: `engine/decode.py`'s `CompiledDecoding`, the whole one-token step compiled with fixed
-  shapes, around the layers of the row before (float32 with the streaming kernel is `sample.py --fast`,
-  int8 is `sample.py --int8 --fast`);
+  shapes, around the layers of the row before;
+- whole step in C: `engine/decode_step.py`'s `CDecoding`, the one-token step as one C call over the
+  model's float32 or int8 weights (`sample.py --fast`, `sample.py --int8 --fast`);
 - HF float32: `GPT2LMHeadModel.generate` on the same weights (saved by us, loaded by `transformers`).
 Greedy check: 50 greedy tokens of every float32 row of ours against HF's, token for token.
 
@@ -49,6 +50,7 @@ from torch.nn import functional as F  # noqa: E402
 
 from src.engine.checkpoint import save_checkpoint  # noqa: E402
 from src.engine.decode import CompiledDecoding  # noqa: E402
+from src.engine.decode_step import CDecoding  # noqa: E402
 from src.engine.int8_matvec import int8_matvec  # noqa: E402
 from src.engine.matvec import stream_weights  # noqa: E402
 from src.engine.perf import cpu_description  # noqa: E402
@@ -117,7 +119,7 @@ def interleaved_tokens_per_s(runs: dict, n_tokens: int, repeats: int) -> dict[st
     return {name: n_tokens / statistics.median(t) for name, t in times.items()}
 
 
-def measure(shape: str, n: int, repeats: int) -> list[dict]:
+def measure(shape: str, n: int, repeats: int, only: list[str]) -> list[dict]:
     from transformers import GPT2LMHeadModel
 
     name, config = SHAPES[shape]
@@ -134,8 +136,9 @@ def measure(shape: str, n: int, repeats: int) -> list[dict]:
         "ours float32, PyTorch product": lambda: base,
         "ours float32, streaming kernel": lambda: stream_weights(copy.deepcopy(base), "float32"),
         "ours float32, PyTorch product, step compiled": lambda: CompiledDecoding(copy.deepcopy(base)),
-        "ours float32, streaming kernel, step compiled (--fast)":
+        "ours float32, streaming kernel, step compiled":
             lambda: CompiledDecoding(stream_weights(copy.deepcopy(base), "float32")),
+        "ours float32, whole step in C (--fast)": lambda: CDecoding(copy.deepcopy(base)),
         "ours bfloat16, PyTorch product": lambda: copy.deepcopy(base).to(torch.bfloat16),
         "ours bfloat16, streaming kernel": lambda: stream_weights(copy.deepcopy(base), "bfloat16"),
         "ours bfloat16, streaming kernel, step compiled":
@@ -144,9 +147,10 @@ def measure(shape: str, n: int, repeats: int) -> list[dict]:
         "ours int8, PyTorch's kernel, step compiled":
             lambda: CompiledDecoding(quantize_int8(copy.deepcopy(base), own_kernel=False)),
         "ours int8, our kernel (--int8)": lambda: quantize_int8(copy.deepcopy(base)),
-        "ours int8, our kernel, step compiled (--int8 --fast)":
-            lambda: CompiledDecoding(quantize_int8(copy.deepcopy(base))),
+        "ours int8, our kernel, step compiled": lambda: CompiledDecoding(quantize_int8(copy.deepcopy(base))),
+        "ours int8, whole step in C (--int8 --fast)": lambda: CDecoding(quantize_int8(copy.deepcopy(base))),
     }
+    variants = {v: build for v, build in variants.items() if not only or any(word in v for word in only)}
     hf_variant = "HF float32 (transformers)"
     rows = {hf_variant: {"shape": name, "variant": hf_variant, "bytes": weight_bytes(hf), "greedy": "-"}}
     runs = {hf_variant: lambda: hf.generate(prompt, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
@@ -258,6 +262,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per row, rows in turn (median)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--only", nargs="*", default=[], metavar="WORD",
+                        help="only the rows of ours whose name contains one of these words (HF's always)")
     parser.add_argument("--levers", action="store_true",
                         help="time the matrix-vector products alone, in every way tried, instead of whole models")
     args = parser.parse_args()
@@ -274,7 +280,7 @@ def main() -> None:
     transformers.logging.disable_progress_bar()
     bandwidth = read_bandwidth()
     print(f"memory read bandwidth: {bandwidth / 1e9:.1f} GB/s ({args.threads} threads)", file=sys.stderr, flush=True)
-    rows = [row for shape in args.shapes for row in measure(shape, args.tokens, args.repeats)]
+    rows = [row for shape in args.shapes for row in measure(shape, args.tokens, args.repeats, args.only)]
 
     print(f"\nbatch 1, a 1-token prompt, {args.tokens} new tokens, sampling, KV cache, median of {args.repeats}, "
           f"rows in turn; {args.threads} threads; memory read bandwidth {bandwidth / 1e9:.1f} GB/s; "

@@ -27,14 +27,12 @@ What the flags do:
   second): on a CPU, where reading the weights is what a token costs, 2-3x faster; the text differs
   slightly from float32's (rounded weights), so `--seed` reproduces an `--int8` text only with `--int8`
   (and, without a C compiler, PyTorch's int8 kernel is used, which rounds a little differently).
-- `--fast` compiles the decoding: every one-token step is compiled whole, with fixed shapes
-  (`engine/decode.py`), around a kernel that reads each float32 weight once (`engine/matvec.py`). On a
-  CPU each token then comes faster, for small and large models alike (see the README's benchmarks); the
-  text is the same up to the order of additions. Compiling takes 30-100 s the first time (5-25 s once
-  torch's disk cache holds the programs), and a text uses the compiled step for its first block_size
-  tokens only (past the context every step re-reads it), so it pays off in `--interactive` sessions and
-  over several samples, which compile once. With `--int8` the step is compiled around the int8 weights
-  and their kernel: `--int8`'s text up to rounding, faster.
+- `--fast` runs each one-token step of a GPT as one call to C (`engine/decode_step.py`, compiled on first
+  use in about a second): the layer norms, attention over the cache and GELU around products that read
+  each weight once. On a CPU each token then comes faster, for small and large models alike (see the
+  README's benchmarks); the text is the same up to the order of additions. A text uses the C step for its
+  first block_size tokens (past the context every step re-reads it, as a prompt). With `--int8` the C
+  step reads the int8 weights: `--int8`'s text up to rounding, faster.
 
 A prompt longer than the model's context is cut to its last `block_size` tokens (the model cannot see
 further back), with a note on stderr saying so.
@@ -58,12 +56,12 @@ if __package__ in (None, ""):  # run as `python src/sample.py`: make the `src` p
 
 import torch
 
+from src.engine import decode_step
 from src.engine.checkpoint import load_pretrained
-from src.engine.decode import CompiledDecoding
+from src.engine.decode_step import CDecoding
 from src.engine.errors import ArgumentParser, UserError, run_cli
 from src.engine.gpt2_files import CONFIG
 from src.engine.hub import resolve_pretrained
-from src.engine.matvec import stream_weights
 from src.engine.perf import describe, param_count
 from src.engine.precision import resolve_device
 from src.engine.quantize import quantize_int8
@@ -104,8 +102,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--int8", action="store_true",
                    help="int8 weights: 2-3x faster on a CPU, text slightly different (see engine/quantize.py)")
     p.add_argument("--fast", action="store_true",
-                   help="compile the decoding step (CPU, engine/decode.py and matvec.py): faster, the same text up "
-                        "to rounding; compiling takes 30-100 s the first time, 5-25 s after; with --int8 too")
+                   help="decode with the whole one-token step in C (CPU, engine/decode_step.py): faster, the same "
+                        "text up to rounding; with --int8 too")
     return p
 
 
@@ -264,8 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     model.to(device)
     if args.int8:
         quantize_int8(model)
-    if args.fast:  # float32 weights through the streaming kernel; int8 ones keep theirs
-        model = CompiledDecoding(model if args.int8 else stream_weights(model, "float32"))
+    if args.fast and decode_step.available():  # else a warning, and the model's own steps
+        model = CDecoding(model)  # float32 or int8 weights, read where they lie
     try:
         if args.interactive:
             interact(model, tokenizer, args, stops)

@@ -16,7 +16,7 @@ import torch
 from src.engine import int8_matvec
 from src.engine.ckernel import Kernel
 
-PLAIN = ("-DINT8_MATVEC_PLAIN",)  # the C file's plain loop, on any machine
+PLAIN = ("-DDOT_PLAIN",)  # the C file's plain loop, on any machine
 
 
 def reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -368,21 +368,28 @@ def test_a_bigram_checkpoint_streams_too(tmp_path, env):
     assert len(plain) == len("the " * 20) + 30 + 1
 
 
-@pytest.mark.slow  # compiles the decoding step (about 30 s)
-def test_fast_prints_the_float32_text(char_ckpt, env):
-    """--fast changes only the order of additions: a trained char model's sampled text stays the same."""
-    args = ["--prompt", "the king", "--max-new-tokens", "40", "--seed", "3"]
+@pytest.mark.parametrize("extra", [[], ["--num-samples", "2"]], ids=["one text", "two texts"])
+def test_fast_prints_the_float32_text(char_ckpt, env, extra):
+    """--fast (the step in C) changes only the order of additions: a trained char model's sampled text stays
+    the same, for one text and for a batch of them."""
+    args = ["--prompt", "the king", "--max-new-tokens", "40", "--seed", "3", *extra]
     fast = sample(char_ckpt, *args, "--fast", env=env)
     assert ok(fast) == ok(sample(char_ckpt, *args, env=env))
-    assert "could not be compiled" not in fast.stderr  # the kernel itself ran, not the fallback
+    assert "could not be compiled" not in fast.stderr  # the C step itself ran, not the fallback
 
 
-@pytest.mark.slow  # compiles the decoding step (about 30 s)
 def test_fast_with_int8_prints_the_int8_text(char_ckpt, env):
     args = ["--prompt", "the king", "--max-new-tokens", "40", "--seed", "3", "--int8"]
     fast = sample(char_ckpt, *args, "--fast", env=env)
     assert ok(fast) == ok(sample(char_ckpt, *args, env=env))
     assert "could not be compiled" not in fast.stderr
+
+
+def test_fast_without_a_c_compiler_warns_and_prints_the_same_text(char_ckpt, env):
+    args = ["--prompt", "the king", "--max-new-tokens", "20", "--seed", "3", "--fast"]
+    fast = sample(char_ckpt, *args, env={**env, "CC": "/nonexistent/cc"})
+    assert "decode_step.c could not be compiled" in fast.stderr and "using the model's own steps" in fast.stderr
+    assert ok(fast) == ok(sample(char_ckpt, *args[:-1], env=env))
 
 
 @pytest.mark.parametrize("flags", [["--device", "cuda"], ["--no-cache"]])

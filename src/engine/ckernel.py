@@ -1,15 +1,17 @@
 """Our small C kernels: compiled from their source on first use, for this very machine, and loaded.
 
-Three operations are written in C here because PyTorch's own are slow on a CPU at the sizes this project
-trains and decodes at: int8 weights times a vector (int8_matvec.c), GPT-2's GELU (gelu.c) and causal
-attention for training (attention.c). Each is one commented C file next to the Python module that wraps it
-as a PyTorch op (exp_float.h, e^x from multiply-adds, is shared by the last two). This file only builds
+Four things are written in C here because PyTorch's own are slow on a CPU at the sizes this project
+trains and decodes at: int8 weights times a vector (int8_matvec.c), GPT-2's GELU (gelu.c), causal
+attention for training (attention.c) and a whole one-token decoding step (decode_step.c). Each is one
+commented C file next to the Python module that wraps it (the first three as PyTorch ops); they share small
+headers: exp_float.h (e^x from multiply-adds), gelu_float.h (GELU of one float) and dot.h (a weight row
+times a vector, float32 or int8). This file only builds
 them: the system's C compiler (`$CC`, else `cc`; `torch.compile` needs one for C++ anyway) with -O3 for
 this machine's instructions (`-march=native`) and OpenMP, into a temporary folder, then `ctypes` loads the
 library (under a second, once per process). Where that fails, `Kernel.available()` is False, a warning says
 so once, and the caller uses PyTorch's operation instead.
 
-Who uses it: engine/int8_matvec.py, engine/fused_gelu.py, engine/fused_attention.py.
+Who uses it: engine/int8_matvec.py, engine/fused_gelu.py, engine/fused_attention.py, engine/decode_step.py.
 """
 
 from __future__ import annotations

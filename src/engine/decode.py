@@ -34,7 +34,8 @@ process decodes many texts: `sample.py --interactive`, or several samples.
 Checked against `GPT.forward` with a cache (tests/test_decode.py): the same logits up to float32
 rounding, and the same greedy text across a length boundary and past the cache sliding.
 
-Who uses it: `sample.py --fast` (with the weights of engine/matvec.py), `bench/generate.py`.
+Who uses it: `bench/generate.py`, where it is one of the levers measured. `sample.py --fast` used it until
+the whole step in C (engine/decode_step.py) proved faster on a CPU and needs no minute of compiling.
 """
 
 from __future__ import annotations

@@ -21,17 +21,13 @@
    depend on the number of threads. Compiled with -DGELU_PLAIN, the plain loop is used everywhere (the tests
    check it on machines with AVX2 too). */
 #include "exp_float.h"
+#include "gelu_float.h"  /* gelu_one(x), one element (decode_step.c uses it too) */
 
-#define K 1.5957691216057308f  /* 2 sqrt(2 / pi) */
-#define A 0.044715f
+#define K GELU_K  /* 2 sqrt(2 / pi) */
+#define A GELU_A  /* 0.044715 */
 
-/* One element: z = K (x + A x^3), then gelu(x) = x / (1 + e^-z), and dy * gelu'(x) with s (1 - s) written
-   s * s e^-z: 1 - s itself would lose the digits that matter where s is near 1. */
-static inline float gelu_one(float x) {
-    float z = K * x * (1.0f + A * x * x), y = x / (1.0f + exp_float(-z));
-    return z > 87.0f ? x : (z < -87.0f ? 0.0f : y);
-}
-
+/* One element's dy * gelu'(x), z = K (x + A x^3), with s (1 - s) written s * s e^-z: 1 - s itself would
+   lose the digits that matter where s is near 1. */
 static inline float gelu_backward_one(float x, float dy) {
     float z = K * x * (1.0f + A * x * x), e = exp_float(-z), s = 1.0f / (1.0f + e);
     float dx = dy * s * (1.0f + x * s * e * K * (1.0f + 3.0f * A * x * x));

@@ -50,7 +50,7 @@ KERNEL = Kernel(Path(__file__).with_name("int8_matvec.c"), _declare, fallback="P
 
 
 def compile_kernel(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
-    """int8_matvec.c compiled (with `extra_flags` after the usual ones, e.g. "-DINT8_MATVEC_PLAIN") and loaded;
+    """int8_matvec.c compiled (with `extra_flags` after the usual ones, e.g. "-DDOT_PLAIN") and loaded;
     raises OSError or CalledProcessError where that cannot be done."""
     return KERNEL.library(extra_flags)
 

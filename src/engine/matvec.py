@@ -29,8 +29,9 @@ through a scratch buffer (PyTorch's vector loads of integers take that path, its
 is several times slower (`bench/generate.py --levers` times it, and a way around it that was tried). They
 have a kernel of their own, in C: engine/int8_matvec.py.
 
-Who uses it: `sample.py --fast` (through engine/decode.py, which compiles the whole decoding step around
-it), `bench/generate.py`.
+Who uses it: `bench/generate.py` (through engine/decode.py too, which compiles the whole decoding step
+around it), where it is one of the levers measured; `sample.py --fast` now runs the step in C instead
+(engine/decode_step.py), which was faster still.
 """
 
 from __future__ import annotations

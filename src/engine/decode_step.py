@@ -1,0 +1,169 @@
+"""Decoding on a CPU with the whole one-token step in C (decode_step.c): one call per token.
+
+Why. A decoding step reads every weight once, so the best a CPU can do is its memory bandwidth; what keeps
+PyTorch from it is everything around the products. Eagerly, ~150 small operations a token each cost
+microseconds of Python and dispatch; compiled whole (engine/decode.py), they shrink to a few dozen programs,
+but every int8 product stays a call of its own through PyTorch's dispatcher, and compiling takes 30-100 s
+the first time. decode_step.c is the same step as one C function over the model's own tensors (float32 or
+int8 weights, the KV cache), compiled in about a second on first use (engine/ckernel.py).
+
+What it computes. `GPT.forward` with a `KVCache` for one new token: the same maths, in float32, with the
+sums in another order (tests/test_decode_step.py holds its logits to a float64 model, as tight as PyTorch's
+own float32 forward, and checks that greedy text is the model's, past the cache sliding too).
+
+How it is used. `CDecoding(model)` wraps a GPT whose linear layers hold float32 weights (`nn.Linear`, or
+engine/matvec.py's `StreamingLinear` in float32) or int8 ones (engine/quantize.py's `Int8Linear`), so that
+`generate` uses it unchanged: a one-token step after a filled cache (one new token for each text of a
+batch) goes to the C step; everything else (a prompt, a loss, a text past the context) is the model's own
+forward. `sample.py --fast` uses it on a CPU. The C step reads the weights where they lie, from the
+first one-token step on: change them in place if you must, never replace them.
+
+Where the C file does not compile (no C compiler), `available()` is False, a warning says so once, and
+`sample.py --fast` decodes with the model's own steps.
+
+Who uses it: `sample.py --fast`, `bench/generate.py`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from src.engine.ckernel import Kernel
+from src.engine.matvec import StreamingLinear
+from src.engine.quantize import Int8Linear
+from src.generate import generate as _generate
+
+P = ctypes.c_void_p
+
+
+class _Linear(ctypes.Structure):
+    _fields_ = [("weight", P), ("scale", P), ("bias", P)]  # scale None: float32 weights
+
+
+class _Norm(ctypes.Structure):
+    _fields_ = [("weight", P), ("bias", P)]
+
+
+class _Block(ctypes.Structure):
+    _fields_ = [("ln_1", _Norm), ("c_attn", _Linear), ("attn_proj", _Linear), ("ln_2", _Norm),
+                ("c_fc", _Linear), ("mlp_proj", _Linear), ("k", P), ("v", P)]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = ([(name, ctypes.c_int) for name in ("n_layer", "n_head", "d_model", "block_size", "vocab_size")]
+                + [("wte", P), ("wpe", P), ("h", ctypes.POINTER(_Block)), ("ln_f", _Norm), ("lm_head", _Linear)])
+
+
+def _declare(library: ctypes.CDLL) -> None:
+    # decode_step(model, tokens, B, pos, logits, threads)
+    library.decode_step.argtypes = [ctypes.POINTER(_Model), P, ctypes.c_int, ctypes.c_int, P, ctypes.c_int]
+    library.decode_step.restype = None
+    library.decode_step_version.restype = ctypes.c_char_p
+
+
+KERNEL = Kernel(Path(__file__).with_name("decode_step.c"), _declare, fallback="the model's own steps",
+                flags=("-fno-trapping-math",))  # lets the compiler vectorize e^x's clamps (exp_float.h)
+PLAIN = ("-DDOT_PLAIN",)  # dot.h's plain loops, on any machine
+
+
+def available() -> bool:
+    """Whether the C step runs here; compiles it on the first call (warning once if it cannot be)."""
+    return KERNEL.available()
+
+
+def version(extra_flags: tuple[str, ...] = ()) -> str:
+    """Which version of dot.h this machine compiled: "avx2" or "plain"."""
+    return KERNEL.library(extra_flags).decode_step_version().decode()
+
+
+def _float32(t: torch.Tensor, what: str) -> int:
+    """The address of a tensor the C code reads as a plain float32 array; refuses anything else."""
+    if t.dtype != torch.float32 or not t.is_cpu or not t.is_contiguous():
+        raise ValueError(f"the C decoding step reads float32 tensors, contiguous on the CPU; {what} is "
+                         f"{t.dtype} {tuple(t.shape)} on {t.device}")
+    return t.data_ptr()
+
+
+def _linear(layer: nn.Module, name: str) -> _Linear:
+    """A linear layer as the C step reads it: float32 weights (out, in), or int8 ones with their scales."""
+    bias = None if layer.bias is None else _float32(layer.bias, f"{name}.bias")
+    if isinstance(layer, Int8Linear):
+        if not (layer.weight_int8.is_contiguous() and layer.weight_int8.is_cpu):
+            raise ValueError(f"{name}'s int8 weights must be contiguous on the CPU")
+        return _Linear(layer.weight_int8.data_ptr(), _float32(layer.scale, f"{name}.scale"), bias)
+    if isinstance(layer, (nn.Linear, StreamingLinear)):
+        return _Linear(_float32(layer.weight, f"{name}.weight"), None, bias)
+    raise ValueError(f"the C decoding step takes float32 or int8 linear layers; {name} is {type(layer).__name__}")
+
+
+def _norm(norm: nn.LayerNorm, name: str) -> _Norm:
+    if norm.eps != 1e-5 or norm.weight is None or norm.bias is None:
+        raise ValueError(f"the C decoding step computes LayerNorm with eps 1e-5, a weight and a bias; {name} differs")
+    return _Norm(_float32(norm.weight, f"{name}.weight"), _float32(norm.bias, f"{name}.bias"))
+
+
+class CDecoding(nn.Module):
+    """A `GPT` for generation whose one-token steps run decode_step.c, on the CPU; everything else is the
+    model's own forward. `generate(CDecoding(model), ...)` gives the model's text, up to float32 rounding.
+
+    The model's tensors are read at its first one-token step (a model without a KV cache, the bigram, never
+    has one: it decodes as it always does); a model the C step cannot read (bfloat16 weights) raises
+    ValueError there, naming the tensor."""
+
+    def __init__(self, model: nn.Module, extra_flags: tuple[str, ...] = ()):
+        super().__init__()
+        self.model, self.extra_flags = model, extra_flags
+        self.layout, self.blocks = None, None  # the model as the C code reads it, once read
+        self.cache = None  # the cache whose tensors the blocks point at
+
+    def _read(self, cache) -> None:
+        """Lay the model out for the C code (the first time) and point its blocks at `cache` (a new one)."""
+        if self.layout is None:
+            c, t = self.model.config, self.model.transformer
+            self.blocks = (_Block * c.n_layer)(*[
+                _Block(_norm(b.ln_1, f"h.{i}.ln_1"), _linear(b.attn.c_attn, f"h.{i}.attn.c_attn"),
+                       _linear(b.attn.c_proj, f"h.{i}.attn.c_proj"), _norm(b.ln_2, f"h.{i}.ln_2"),
+                       _linear(b.mlp.c_fc, f"h.{i}.mlp.c_fc"), _linear(b.mlp.c_proj, f"h.{i}.mlp.c_proj"), None, None)
+                for i, b in enumerate(t.h)])
+            self.layout = _Model(c.n_layer, c.n_head, c.d_model, c.block_size, c.vocab_size,
+                                 _float32(t.wte.weight, "wte"), _float32(t.wpe.weight, "wpe"), self.blocks,
+                                 _norm(t.ln_f, "ln_f"), _linear(self.model.lm_head, "lm_head"))
+        if cache is not self.cache:  # a new cache (a new text): point the blocks at its tensors
+            for layer, block in enumerate(self.blocks):
+                block.k = _float32(cache.k[layer], f"the cache's keys {layer}")
+                block.v = _float32(cache.v[layer], f"the cache's values {layer}")
+            self.cache = cache
+
+    @property
+    def block_size(self) -> int:
+        return self.model.block_size
+
+    def new_kv_cache(self, batch_size: int):
+        return self.model.new_kv_cache(batch_size)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, **options):
+        """As the model's forward, with its options (`cache`, `last_only`) passed on as given; one new token per
+        text after a filled cache takes the C step."""
+        cache = options.get("cache")
+        one_step = (cache is not None and targets is None and idx.shape[1] == 1 and 0 < cache.pos < self.block_size
+                    and idx.shape[0] == cache.k[0].shape[0] and not idx.is_cuda
+                    and set(options) <= {"cache", "last_only"})  # not return_attention: the C step keeps none
+        if not one_step:
+            return self.model(idx, targets, **options)
+        self._read(cache)
+        tokens, V = idx[:, 0].to(torch.int64).contiguous(), self.model.config.vocab_size  # (B,)
+        if not bool(((tokens >= 0) & (tokens < V)).all()):  # the C code would read outside wte
+            raise IndexError(f"a token is outside the vocabulary (0..{V - 1}): {tokens.tolist()}")
+        logits = torch.empty(len(tokens), 1, V)  # (B, 1, V) float32
+        KERNEL.library(self.extra_flags).decode_step(ctypes.byref(self.layout), tokens.data_ptr(), len(tokens),
+                                                     cache.pos, logits.data_ptr(), torch.get_num_threads())
+        cache.pos += 1
+        return logits, None  # no loss
+
+    def generate(self, idx, max_new_tokens: int, **sampling):
+        """As `GPT.generate`."""
+        return _generate(self, idx, max_new_tokens, **sampling)
