@@ -3,7 +3,7 @@
 Why it helps. Generating one token multiplies one vector by every weight matrix of the model, and each
 weight is used for a single multiply-add. The processor waits for memory, not for arithmetic: GPT-2 124M
 reads 500 MB of float32 weights per token. Stored as int8 (one byte instead of four), it reads 125 MB, and
-decodes about 3x faster here (2.2x with `--fast` on both sides; see `bench/generate.py`), provided the bytes
+decodes about 3x faster here (2.7x with `--fast` on both sides; see `bench/generate.py`), provided the bytes
 are turned into floats as fast as they arrive: that is the job of the kernel below.
 
 How. Each output row j of a weight matrix W (out, in) gets its own scale, the largest |w| of the row / 127:
