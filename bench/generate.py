@@ -22,7 +22,8 @@ Rows (batch 1, a 1-token prompt, `--tokens` new tokens sampled at temperature 1,
 - step compiled: `engine/decode.py`'s `CompiledDecoding`, the whole one-token step compiled with fixed
   shapes, around the layers of the row before;
 - whole step in C: `engine/decode_step.py`'s `CDecoding`, the one-token step as one C call over the
-  model's float32 or int8 weights (`sample.py --fast`, `sample.py --int8 --fast`);
+  model's float32, bfloat16 or int8 weights (`sample.py --fast`, `sample.py --int8 --fast`; bfloat16 weights
+  have no flag in sample.py);
 - HF float32: `GPT2LMHeadModel.generate` on the same weights (saved by us, loaded by `transformers`).
 Greedy check: 50 greedy tokens of every float32 row of ours against HF's, token for token.
 
@@ -143,6 +144,7 @@ def measure(shape: str, n: int, repeats: int, only: list[str]) -> list[dict]:
         "ours bfloat16, streaming kernel": lambda: stream_weights(copy.deepcopy(base), "bfloat16"),
         "ours bfloat16, streaming kernel, step compiled":
             lambda: CompiledDecoding(stream_weights(copy.deepcopy(base), "bfloat16")),
+        "ours bfloat16, whole step in C": lambda: CDecoding(stream_weights(copy.deepcopy(base), "bfloat16")),
         "ours int8, PyTorch's kernel": lambda: quantize_int8(copy.deepcopy(base), own_kernel=False),
         "ours int8, PyTorch's kernel, step compiled":
             lambda: CompiledDecoding(quantize_int8(copy.deepcopy(base), own_kernel=False)),

@@ -217,6 +217,38 @@ def swap_without_a_compiler(monkeypatch):
     return run
 
 
+def assert_prompts_losses_and_full_contexts_go_to_the_model(wrapped: torch.nn.Module, model) -> None:
+    """A decoding wrapper (engine/decode.py's, engine/decode_step.py's) hands the model a prompt with targets
+    (the same logits and loss) and a one-token step after a full context (the model's own error)."""
+    ids = torch.randint(0, model.config.vocab_size, (2, 10))
+    logits, loss = wrapped(ids, ids)
+    expected_logits, expected_loss = model(ids, ids)
+    assert torch.equal(logits, expected_logits) and torch.equal(loss, expected_loss)
+    cache = wrapped.new_kv_cache(1)
+    cache.pos = model.block_size  # full
+    with pytest.raises(ValueError, match="longer than the context"):
+        wrapped(ids[:1, :1], cache=cache)
+
+
+def assert_unavailable_with_one_warning(monkeypatch, module) -> None:
+    """With no C compiler, `module.available()` (a module wrapping one of our C files) is False, with one
+    warning naming the file and what is used instead, none the second time, and nothing loaded."""
+    import warnings
+
+    from src.engine import ckernel
+
+    real = module.KERNEL
+    kernel = ckernel.Kernel(real.source, real.declare, real.fallback, real.flags)
+    monkeypatch.setattr(module, "KERNEL", kernel)  # nothing compiled yet
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    with pytest.warns(UserWarning, match=f"{real.source.name} could not be compiled .*; using {real.fallback}"):
+        assert not module.available()
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        assert not module.available()
+    assert again == [] and kernel.loaded == {}
+
+
 def assert_trains_alike(plain: torch.nn.Module, swapped: torch.nn.Module, seed: int = 0) -> None:
     """A GPT with one of our kernels swapped in gives the plain model's loss and every gradient, to float32
     rounding, on one batch; and its checkpoints hold the same names (the swap is invisible to them)."""

@@ -15,6 +15,7 @@ from torch._inductor.utils import run_and_get_code
 from src.engine.decode import MIN_LENGTH, CompiledDecoding, cache_length, decode_step
 from src.engine.matvec import stream_weights
 from src.model import GPT, GPTConfig
+from tests.conftest import assert_prompts_losses_and_full_contexts_go_to_the_model
 
 
 def spread_model(block_size: int) -> GPT:
@@ -136,12 +137,4 @@ def test_without_a_compiler_it_warns_once_and_decodes_with_the_model(model):
 
 
 def test_a_prompt_a_loss_and_a_full_context_go_to_the_model(model):
-    compiled = CompiledDecoding(model)
-    ids = torch.randint(0, 20, (1, 10))
-    logits, loss = compiled(ids, ids)
-    expected_logits, expected_loss = model(ids, ids)
-    assert torch.equal(logits, expected_logits) and torch.equal(loss, expected_loss)
-    cache = compiled.new_kv_cache(1)
-    cache.pos = 100  # full
-    with pytest.raises(ValueError, match="longer than the context"):
-        compiled(ids[:, :1], cache=cache)
+    assert_prompts_losses_and_full_contexts_go_to_the_model(CompiledDecoding(model), model)

@@ -1,28 +1,28 @@
 """Tests for src/engine/decode_step.py: GPT's one-token step in C (decode_step.c).
 
-Oracles: the same model in float64 (for int8 weights, a float64 model holding the dequantized weights), and
-the model's own generation (`GPT.generate`), greedy and sampled, past the cache sliding. Both versions of
-dot.h's sums are checked: the AVX2 one this machine compiles, and the plain loops, compiled here on purpose.
-Breaking the C step on purpose (the key written one position late, the softmax's sum over pos keys instead
-of pos + 1, the variance without its eps, GELU left out, every text of a batch written into the first row,
-one of dot_float's four sums or its last n % 32 weights left out) fails these tests.
+Oracles: the same model in float64 (for int8 and bfloat16 weights, a float64 model holding the weights as
+rounded), and the model's own generation (`GPT.generate`), greedy and sampled, past the cache sliding. Both
+versions of dot.h's sums are checked: the AVX2 one this machine compiles, and the plain loops, compiled here
+on purpose. Breaking the C step on purpose (the key written one position late, the softmax's sum over pos
+keys instead of pos + 1, the variance without its eps, GELU left out, every text of a batch written into the
+first row, one of dot_float's four sums or its last n % 32 weights left out, bfloat16 halves shifted 15
+places instead of 16, in either version) fails these tests.
 """
 
 from __future__ import annotations
 
 import copy
-import warnings
 
 import pytest
 import torch
 
 from src.bigram import BigramLanguageModel
 from src.engine import decode_step
-from src.engine.ckernel import Kernel
 from src.engine.decode_step import PLAIN, CDecoding
 from src.engine.matvec import stream_weights
 from src.engine.quantize import quantize_int8
 from src.model import GPT, GPTConfig
+from tests.conftest import assert_prompts_losses_and_full_contexts_go_to_the_model, assert_unavailable_with_one_warning
 
 # 3 heads of 12 (not a whole vector), a width of 36 (not whole blocks of 32 numbers), a context of 40
 CONFIG = dict(vocab_size=70, block_size=40, n_layer=2, n_head=3, d_model=36)
@@ -139,15 +139,7 @@ def test_the_result_does_not_depend_on_the_number_of_threads(model):
 
 def test_a_prompt_a_loss_and_a_full_context_go_to_the_model():
     model = spread_model()
-    stepped = CDecoding(model)
-    ids = torch.randint(0, 70, (2, 10))
-    logits, loss = stepped(ids, ids)
-    expected_logits, expected_loss = model(ids, ids)
-    assert torch.equal(logits, expected_logits) and torch.equal(loss, expected_loss)
-    cache = stepped.new_kv_cache(1)
-    cache.pos = 40  # full
-    with pytest.raises(ValueError, match="longer than the context"):
-        stepped(ids[:1, :1], cache=cache)
+    assert_prompts_losses_and_full_contexts_go_to_the_model(CDecoding(model), model)
 
 
 def test_a_token_outside_the_vocabulary_is_refused():
@@ -158,11 +150,33 @@ def test_a_token_outside_the_vocabulary_is_refused():
         CDecoding(model)(torch.tensor([[70]]), cache=cache)
 
 
-def test_weights_it_cannot_read_are_refused():
-    """bfloat16 weights would be read as float32 garbage: refused at the first step, naming the layer."""
-    stepped = CDecoding(stream_weights(spread_model(), "bfloat16"))
-    with pytest.raises(ValueError, match=r"float32 tensors.*h\.0\.attn\.c_attn\.weight is torch\.bfloat16"):
-        stepped.generate(torch.tensor([[1, 2]]), 2)
+@torch.inference_mode()
+def test_bfloat16_weights_give_the_logits_of_the_model_with_its_weights_rounded(flags):
+    """engine/matvec.py's bfloat16 weights (a model the C step can read, though sample.py has no flag for it):
+    the logits of the float64 model holding the rounded weights, token by token, and that model's greedy text."""
+    streamed = stream_weights(spread_model(), "bfloat16")
+    twin = float64_twin(streamed)  # bfloat16 values are exact in float64
+    stepped = CDecoding(streamed, flags)
+    ids = torch.randint(0, 70, (1, 40), generator=torch.Generator().manual_seed(3))
+    ours, exact = streamed.new_kv_cache(1), twin.new_kv_cache(1)
+    streamed(ids[:, :4], cache=ours)
+    twin(ids[:, :4], cache=exact)
+    for pos in range(4, 40):
+        token = ids[:, pos : pos + 1]
+        torch.testing.assert_close(stepped(token, cache=ours)[0], twin(token, cache=exact)[0].float(),
+                                   atol=2e-5, rtol=1e-5)
+    prompt = torch.tensor([[1, 2, 3]])
+    assert torch.equal(stepped.generate(prompt, 60, temperature=0), twin.float().generate(prompt, 60, temperature=0))
+
+
+def test_weights_it_would_misread_are_refused():
+    """A weight that is not contiguous (a transposed view) would be read in the wrong order: refused at the
+    first step, naming the tensor."""
+    model = spread_model()
+    attn = model.transformer.h[1].attn
+    attn.c_proj.weight = torch.nn.Parameter(attn.c_proj.weight.detach().t().contiguous().t())  # same values
+    with pytest.raises(ValueError, match=r"h\.1\.attn\.c_proj\.weight is torch\.float32 \(36, 36\).*not contiguous"):
+        CDecoding(model).generate(torch.tensor([[1, 2]]), 2)
 
 
 def test_a_model_without_a_cache_decodes_as_it_always_does():
@@ -182,12 +196,5 @@ def test_streamed_float32_weights_are_read_in_place():
 
 
 def test_without_a_compiler_it_is_unavailable_with_one_warning(monkeypatch):
-    kernel = Kernel(decode_step.KERNEL.source, decode_step.KERNEL.declare, fallback="the model's own steps")
-    monkeypatch.setattr(decode_step, "KERNEL", kernel)  # nothing compiled yet
-    monkeypatch.setenv("CC", "/nonexistent/cc")
-    with pytest.warns(UserWarning, match="decode_step.c could not be compiled .*; using the model's own steps"):
-        assert not decode_step.available()
-    with warnings.catch_warnings(record=True) as again:
-        warnings.simplefilter("always")
-        assert not decode_step.available()
-    assert again == [] and kernel.loaded == {}
+    assert decode_step.KERNEL.fallback == "the model's own steps"
+    assert_unavailable_with_one_warning(monkeypatch, decode_step)

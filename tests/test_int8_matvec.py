@@ -8,13 +8,11 @@ four sums left out) fails these tests.
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 
 from src.engine import int8_matvec
-from src.engine.ckernel import Kernel
+from tests.conftest import assert_unavailable_with_one_warning
 
 PLAIN = ("-DDOT_PLAIN",)  # the C file's plain loop, on any machine
 
@@ -149,12 +147,5 @@ def test_inputs_the_c_code_would_misread_are_refused(bad):
 
 
 def test_without_a_compiler_the_kernel_is_unavailable_with_one_warning(monkeypatch):
-    kernel = Kernel(int8_matvec.KERNEL.source, int8_matvec.KERNEL.declare, fallback="PyTorch's int8 kernel")
-    monkeypatch.setattr(int8_matvec, "KERNEL", kernel)  # nothing compiled yet
-    monkeypatch.setenv("CC", "/nonexistent/cc")
-    with pytest.warns(UserWarning, match="int8_matvec.c could not be compiled .*; using PyTorch's int8 kernel"):
-        assert not int8_matvec.available()
-    with warnings.catch_warnings(record=True) as again:
-        warnings.simplefilter("always")
-        assert not int8_matvec.available()
-    assert again == [] and kernel.loaded == {}  # said once; nothing was loaded
+    assert int8_matvec.KERNEL.fallback == "PyTorch's int8 kernel"
+    assert_unavailable_with_one_warning(monkeypatch, int8_matvec)

@@ -21,7 +21,7 @@ called from the reading path in one named call:
     ckernel.py      compiling our C kernels on first use, and loading them
     matvec.py       decoding at memory speed: a compiled matrix-vector kernel for float32 and bf16 weights
     decode.py       a decoding step compiled whole, with fixed shapes: one call per token
-    decode_step.py  the one-token step of a GPT in C (decode_step.c), float32 or int8 weights: what --fast runs
+    decode_step.py  the one-token step of a GPT in C (decode_step.c), one call per token: what --fast runs
     textstream.py   printing generated text as it comes: whole characters, stop strings
     perf.py         parameters, memory, the hardware's peak FLOP/s, bits per byte
     metrics.py      the run's header, progress bar, metrics.jsonl and loss.png

@@ -15,8 +15,9 @@
                         x = x + attn.c_proj(y);   x = x + mlp.c_proj(gelu(mlp.c_fc(ln_2(x))))
        logits = lm_head(ln_f(x))
 
-   The weights are the model's own tensors, read in place: float32, or int8 with a scale per output row
-   (engine/quantize.py). Each product's row is `dot_float` or `dot_int8` (dot.h, shared with int8_matvec.c).
+   The weights are the model's own tensors, read in place: float32, bfloat16 (engine/matvec.py's streamed
+   weights), or int8 with a scale per output row (engine/quantize.py). Each product's row is dot.h's
+   `dot_float`, `dot_bf16` or `dot_int8` (the last shared with int8_matvec.c).
 
    Threads. The step is one OpenMP parallel region: each product shares its rows between the threads
    (`omp for`, after which every thread waits for the others), and each text's head of attention and each
@@ -32,7 +33,13 @@
 #include "gelu_float.h"
 
 /* The model, as engine/decode_step.py lays it out (ctypes structures of the same fields, in the same order). */
-typedef struct { const void *weight; const float *scale, *bias; } Linear;  /* (out, in); scale: NULL for float32 */
+enum format { FLOAT32, BFLOAT16, INT8 };  /* how a Linear's weights are stored */
+typedef struct {
+    const void *weight;  /* (out, in), in `format` */
+    const float *scale;  /* int8: each row's scale (engine/quantize.py); else NULL */
+    const float *bias;   /* or NULL */
+    int format;
+} Linear;
 typedef struct { const float *weight, *bias; } Norm;
 typedef struct {
     Norm ln_1;
@@ -58,8 +65,10 @@ static void linear(const Linear *L, const float *x, float *y, int B, int out, in
     for (int j = 0; j < out; j++)
         for (int b = 0; b < B; b++) {
             const int64_t row = (int64_t)j * in;
-            float s = L->scale ? L->scale[j] * dot_int8((const int8_t *)L->weight + row, x + (int64_t)b * in, in)
-                               : dot_float((const float *)L->weight + row, x + (int64_t)b * in, in);
+            const float *xb = x + (int64_t)b * in;
+            float s = L->format == INT8 ? L->scale[j] * dot_int8((const int8_t *)L->weight + row, xb, in)
+                    : L->format == BFLOAT16 ? dot_bf16((const uint16_t *)L->weight + row, xb, in)
+                    : dot_float((const float *)L->weight + row, xb, in);
             if (L->bias) s += L->bias[j];
             float *out_bj = y + (int64_t)b * out + j;
             *out_bj = then == ADD ? *out_bj + s : then == GELU ? gelu_one(s) : s;

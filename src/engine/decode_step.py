@@ -4,19 +4,19 @@ Why. A decoding step reads every weight once, so the best a CPU can do is its me
 PyTorch from it is everything around the products. Eagerly, ~150 small operations a token each cost
 microseconds of Python and dispatch; compiled whole (engine/decode.py), they shrink to a few dozen programs,
 but every int8 product stays a call of its own through PyTorch's dispatcher, and compiling takes 30-100 s
-the first time. decode_step.c is the same step as one C function over the model's own tensors (float32 or
-int8 weights, the KV cache), compiled in about a second on first use (engine/ckernel.py).
+the first time. decode_step.c is the same step as one C function over the model's own tensors (float32,
+bfloat16 or int8 weights, the KV cache), compiled in about a second on first use (engine/ckernel.py).
 
 What it computes. `GPT.forward` with a `KVCache` for one new token: the same maths, in float32, with the
 sums in another order (tests/test_decode_step.py holds its logits to a float64 model, as tight as PyTorch's
 own float32 forward, and checks that greedy text is the model's, past the cache sliding too).
 
 How it is used. `CDecoding(model)` wraps a GPT whose linear layers hold float32 weights (`nn.Linear`, or
-engine/matvec.py's `StreamingLinear` in float32) or int8 ones (engine/quantize.py's `Int8Linear`), so that
-`generate` uses it unchanged: a one-token step after a filled cache (one new token for each text of a
-batch) goes to the C step; everything else (a prompt, a loss, a text past the context) is the model's own
-forward. `sample.py --fast` uses it on a CPU. The C step reads the weights where they lie, from the
-first one-token step on: change them in place if you must, never replace them.
+engine/matvec.py's `StreamingLinear`), bfloat16 ones (`StreamingLinear`) or int8 ones (engine/quantize.py's
+`Int8Linear`), so that `generate` uses it unchanged: a one-token step after a filled cache (one new token
+for each text of a batch) goes to the C step; everything else (a prompt, a loss, a text past the context) is
+the model's own forward. `sample.py --fast` uses it on a CPU. The C step reads the weights where they lie,
+from the first one-token step on: change them in place if you must, never replace them.
 
 Where the C file does not compile (no C compiler), `available()` is False, a warning says so once, and
 `sample.py --fast` decodes with the model's own steps.
@@ -40,8 +40,11 @@ from src.generate import generate as _generate
 P = ctypes.c_void_p
 
 
+FLOAT32, BFLOAT16, INT8 = 0, 1, 2  # decode_step.c's `enum format`: how a layer's weights are stored
+
+
 class _Linear(ctypes.Structure):
-    _fields_ = [("weight", P), ("scale", P), ("bias", P)]  # scale None: float32 weights
+    _fields_ = [("weight", P), ("scale", P), ("bias", P), ("format", ctypes.c_int)]  # scale: int8's, else None
 
 
 class _Norm(ctypes.Structure):
@@ -80,30 +83,33 @@ def version(extra_flags: tuple[str, ...] = ()) -> str:
     return KERNEL.library(extra_flags).decode_step_version().decode()
 
 
-def _float32(t: torch.Tensor, what: str) -> int:
-    """The address of a tensor the C code reads as a plain float32 array; refuses anything else."""
-    if t.dtype != torch.float32 or not t.is_cpu or not t.is_contiguous():
-        raise ValueError(f"the C decoding step reads float32 tensors, contiguous on the CPU; {what} is "
-                         f"{t.dtype} {tuple(t.shape)} on {t.device}")
+def _address(t: torch.Tensor, what: str, dtypes=(torch.float32,)) -> int:
+    """The address of a tensor the C code reads as a plain array of one of `dtypes`; refuses anything else."""
+    if t.dtype not in dtypes or not t.is_cpu or not t.is_contiguous():
+        raise ValueError(f"the C decoding step reads {' or '.join(str(d).removeprefix('torch.') for d in dtypes)} "
+                         f"tensors, contiguous on the CPU; {what} is {t.dtype} {tuple(t.shape)} on {t.device}"
+                         + ("" if t.is_contiguous() else ", not contiguous"))
     return t.data_ptr()
 
 
 def _linear(layer: nn.Module, name: str) -> _Linear:
-    """A linear layer as the C step reads it: float32 weights (out, in), or int8 ones with their scales."""
-    bias = None if layer.bias is None else _float32(layer.bias, f"{name}.bias")
+    """A linear layer as the C step reads it: float32 or bfloat16 weights (out, in), or int8 ones with their
+    scales."""
+    bias = None if layer.bias is None else _address(layer.bias, f"{name}.bias")
     if isinstance(layer, Int8Linear):
-        if not (layer.weight_int8.is_contiguous() and layer.weight_int8.is_cpu):
-            raise ValueError(f"{name}'s int8 weights must be contiguous on the CPU")
-        return _Linear(layer.weight_int8.data_ptr(), _float32(layer.scale, f"{name}.scale"), bias)
+        return _Linear(_address(layer.weight_int8, f"{name}.weight_int8", (torch.int8,)),
+                       _address(layer.scale, f"{name}.scale"), bias, INT8)
     if isinstance(layer, (nn.Linear, StreamingLinear)):
-        return _Linear(_float32(layer.weight, f"{name}.weight"), None, bias)
-    raise ValueError(f"the C decoding step takes float32 or int8 linear layers; {name} is {type(layer).__name__}")
+        weight = _address(layer.weight, f"{name}.weight", (torch.float32, torch.bfloat16))
+        return _Linear(weight, None, bias, BFLOAT16 if layer.weight.dtype == torch.bfloat16 else FLOAT32)
+    raise ValueError(f"the C decoding step takes linear layers with float32, bfloat16 or int8 weights; {name} is "
+                     f"{type(layer).__name__}")
 
 
 def _norm(norm: nn.LayerNorm, name: str) -> _Norm:
     if norm.eps != 1e-5 or norm.weight is None or norm.bias is None:
         raise ValueError(f"the C decoding step computes LayerNorm with eps 1e-5, a weight and a bias; {name} differs")
-    return _Norm(_float32(norm.weight, f"{name}.weight"), _float32(norm.bias, f"{name}.bias"))
+    return _Norm(_address(norm.weight, f"{name}.weight"), _address(norm.bias, f"{name}.bias"))
 
 
 class CDecoding(nn.Module):
@@ -111,8 +117,8 @@ class CDecoding(nn.Module):
     model's own forward. `generate(CDecoding(model), ...)` gives the model's text, up to float32 rounding.
 
     The model's tensors are read at its first one-token step (a model without a KV cache, the bigram, never
-    has one: it decodes as it always does); a model the C step cannot read (bfloat16 weights) raises
-    ValueError there, naming the tensor."""
+    has one: it decodes as it always does); a model the C step cannot read (float16 weights, a tensor that is
+    not contiguous) raises ValueError there, naming the tensor."""
 
     def __init__(self, model: nn.Module, extra_flags: tuple[str, ...] = ()):
         super().__init__()
@@ -130,12 +136,12 @@ class CDecoding(nn.Module):
                        _linear(b.mlp.c_fc, f"h.{i}.mlp.c_fc"), _linear(b.mlp.c_proj, f"h.{i}.mlp.c_proj"), None, None)
                 for i, b in enumerate(t.h)])
             self.layout = _Model(c.n_layer, c.n_head, c.d_model, c.block_size, c.vocab_size,
-                                 _float32(t.wte.weight, "wte"), _float32(t.wpe.weight, "wpe"), self.blocks,
+                                 _address(t.wte.weight, "wte"), _address(t.wpe.weight, "wpe"), self.blocks,
                                  _norm(t.ln_f, "ln_f"), _linear(self.model.lm_head, "lm_head"))
         if cache is not self.cache:  # a new cache (a new text): point the blocks at its tensors
             for layer, block in enumerate(self.blocks):
-                block.k = _float32(cache.k[layer], f"the cache's keys {layer}")
-                block.v = _float32(cache.v[layer], f"the cache's values {layer}")
+                block.k = _address(cache.k[layer], f"the cache's keys {layer}")
+                block.v = _address(cache.v[layer], f"the cache's values {layer}")
             self.cache = cache
 
     @property
