@@ -101,6 +101,7 @@ static void attend(const float *q, const float *k, const float *v, float *keys, 
     float m = -INFINITY;  /* the largest score, subtracted before e^x so that none overflows */
     for (int j = 0; j <= pos; j++) {
         float dot = 0.0f;
+        #pragma omp simd reduction(+:dot)
         for (int d = 0; d < hs; d++) dot += q[d] * keys[(int64_t)j * hs + d];
         s[j] = dot * scale;
         m = s[j] > m ? s[j] : m;

@@ -37,9 +37,7 @@ from src.engine.matvec import StreamingLinear
 from src.engine.quantize import Int8Linear
 from src.generate import generate as _generate
 
-P = ctypes.c_void_p
-
-
+P = ctypes.c_void_p  # an address
 FLOAT32, BFLOAT16, INT8 = 0, 1, 2  # decode_step.c's `enum format`: how a layer's weights are stored
 
 

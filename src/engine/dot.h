@@ -9,9 +9,8 @@
    floats side by side, so that no addition waits for the one before it; int8 and bfloat16 weights become
    floats in two instructions per 8 (int8: sign-extend 8 bytes to 8 int32, convert those to floats; bfloat16:
    widen 8 halves to 32 bits, shift them 16 places up), and the int8 bytes 2 KiB ahead are requested before
-   they are needed. Elsewhere plain loops do the same sums and the compiler
-   vectorizes what it can. Compiled with -DDOT_PLAIN, the plain loops are used everywhere (the tests check
-   them on machines with AVX2 too). */
+   they are needed. Elsewhere plain loops do the same sums and the compiler vectorizes what it can. Compiled
+   with -DDOT_PLAIN, the plain loops are used everywhere (the tests check them on machines with AVX2 too). */
 #ifndef DOT_H
 #define DOT_H
 #include <stdint.h>
@@ -72,12 +71,13 @@ static inline float dot_int8(const int8_t *w, const float *x, int64_t n) {
     return sum;
 }
 
+/* Unlike int8's, float32 weights are not asked for ahead: the processor's own prefetcher keeps up with their
+   rows, and the hints only took load slots (a 124M token in decode_step.c: 43.7-46.3 tokens/s with them,
+   51.6-52.7 without, the two alternating in one process, twice). */
 static inline float dot_float(const float *w, const float *x, int64_t n) {
     __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
     int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {  /* 128 bytes: two cache lines. Not asked for ahead: the processor's own
-        prefetcher keeps up with float32 rows, and the hints only took load slots (a 124M token in decode_step.c:
-        43.7-46.3 tokens/s with them, 51.6-52.7 without, the two alternating in one process, twice) */
+    for (; i + 32 <= n; i += 32) {  /* 128 bytes: two cache lines */
         s0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), s0);
         s1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), s1);
         s2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), s2);
