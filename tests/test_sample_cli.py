@@ -368,10 +368,10 @@ def test_a_bigram_checkpoint_streams_too(tmp_path, env):
     assert len(plain) == len("the " * 20) + 30 + 1
 
 
-@pytest.mark.parametrize("extra", [[], ["--num-samples", "2"]], ids=["one text", "two texts"])
+@pytest.mark.parametrize("extra", [[], ["--num-samples", "2"], ["--stream"]], ids=["one text", "two texts", "streamed"])
 def test_fast_prints_the_float32_text(char_ckpt, env, extra):
     """--fast (the step in C) changes only the order of additions: a trained char model's sampled text stays
-    the same, for one text and for a batch of them."""
+    the same, for one text, for a batch of them, and streamed."""
     args = ["--prompt", "the king", "--max-new-tokens", "40", "--seed", "3", *extra]
     fast = sample(char_ckpt, *args, "--fast", env=env)
     assert ok(fast) == ok(sample(char_ckpt, *args, env=env))
