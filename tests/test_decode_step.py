@@ -5,7 +5,7 @@ rounded), and the model's own generation (`GPT.generate`), greedy and sampled, p
 versions of dot.h's sums are checked: the AVX2 one this machine compiles, and the plain loops, compiled here
 on purpose. Breaking the C step on purpose (the key written one position late, the softmax's sum over pos
 keys instead of pos + 1, the variance without its eps, GELU left out, every text of a batch written into the
-first row, one of dot_float's four sums or its last n % 32 weights left out, bfloat16 halves shifted 15
+first row, one of dot.h's four sums or its last n % 32 weights left out, bfloat16 halves shifted 15
 places instead of 16, in either version) fails these tests.
 """
 

@@ -16,8 +16,8 @@
        logits = lm_head(ln_f(x))
 
    The weights are the model's own tensors, read in place: float32, bfloat16 (engine/matvec.py's streamed
-   weights), or int8 with a scale per output row (engine/quantize.py). Each product's row is dot.h's
-   `dot_float`, `dot_bf16` or `dot_int8` (the last shared with int8_matvec.c).
+   weights), or int8 with a scale per output row (engine/quantize.py). Each product's row is dot.h's `dot`,
+   the loop int8_matvec.c uses too.
 
    Threads. The step is one OpenMP parallel region: each product shares its rows between the threads
    (`omp for`, after which every thread waits for the others), and each text's head of attention and each
@@ -33,12 +33,11 @@
 #include "gelu_float.h"
 
 /* The model, as engine/decode_step.py lays it out (ctypes structures of the same fields, in the same order). */
-enum format { FLOAT32, BFLOAT16, INT8 };  /* how a Linear's weights are stored */
 typedef struct {
-    const void *weight;  /* (out, in), in `format` */
+    const void *weight;  /* (out, in), stored as `format` */
     const float *scale;  /* int8: each row's scale (engine/quantize.py); else NULL */
     const float *bias;   /* or NULL */
-    int format;
+    int format;          /* dot.h's DOT_FLOAT32, DOT_BFLOAT16 or DOT_INT8 */
 } Linear;
 typedef struct { const float *weight, *bias; } Norm;
 typedef struct {
@@ -66,9 +65,10 @@ static void linear(const Linear *L, const float *x, float *y, int B, int out, in
         for (int b = 0; b < B; b++) {
             const int64_t row = (int64_t)j * in;
             const float *xb = x + (int64_t)b * in;
-            float s = L->format == INT8 ? L->scale[j] * dot_int8((const int8_t *)L->weight + row, xb, in)
-                    : L->format == BFLOAT16 ? dot_bf16((const uint16_t *)L->weight + row, xb, in)
-                    : dot_float((const float *)L->weight + row, xb, in);
+            /* the format spelled out as a constant for each call: each becomes its own straight loop (dot.h) */
+            float s = L->format == DOT_INT8 ? L->scale[j] * dot((const int8_t *)L->weight + row, DOT_INT8, xb, in)
+                    : L->format == DOT_BFLOAT16 ? dot((const uint16_t *)L->weight + row, DOT_BFLOAT16, xb, in)
+                    : dot((const float *)L->weight + row, DOT_FLOAT32, xb, in);
             if (L->bias) s += L->bias[j];
             float *out_bj = y + (int64_t)b * out + j;
             *out_bj = then == ADD ? *out_bj + s : then == GELU ? gelu_one(s) : s;

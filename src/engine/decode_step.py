@@ -38,7 +38,7 @@ from src.engine.quantize import Int8Linear
 from src.generate import generate as _generate
 
 P = ctypes.c_void_p  # an address
-FLOAT32, BFLOAT16, INT8 = 0, 1, 2  # decode_step.c's `enum format`: how a layer's weights are stored
+FLOAT32, BFLOAT16, INT8 = 0, 1, 2  # dot.h's `enum dot_format`: how a layer's weights are stored
 
 
 class _Linear(ctypes.Structure):

@@ -4,7 +4,7 @@
 
    Decoding multiplies one vector by every weight matrix, one multiply-add per weight, so the time goes into
    reading W: one byte per weight here. The only other work is turning each byte into a float. The row's
-   sum is `dot_int8` (dot.h, shared with decode_step.c): with AVX2, two instructions for 8 weights
+   sum is dot.h's `dot` (shared with decode_step.c): with AVX2, two instructions for 8 weights
    (sign-extend 8 bytes to 8 int32, convert those to 8 floats), then one fused multiply-add; four sums run
    side by side, so that no addition waits for the one before it, and the bytes 2 KiB ahead are requested
    before they are needed. Elsewhere a plain loop does the same sums and the compiler vectorizes what it can.
@@ -22,7 +22,7 @@ void int8_matvec(const int8_t *weight, const float *scale, const float *x, float
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t j = 0; j < out; j++)
         for (int64_t b = 0; b < batch; b++)  /* row j of W is read from memory once, then from the cache */
-            y[b * out + j] = scale[j] * dot_int8(weight + j * in, x + b * in, in);
+            y[b * out + j] = scale[j] * dot(weight + j * in, DOT_INT8, x + b * in, in);
 }
 
 /* Which of the two versions was compiled: "avx2" or "plain" (for the tests and the benchmark). */
