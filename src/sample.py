@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, flag) and device.type != "cpu":
             raise UserError(f"--{flag} speeds up generation on a CPU only; drop it, or use --device cpu (not {device})")
     if args.fast and args.no_cache:
-        raise UserError("--fast compiles the step that decodes after the KV cache: drop --no-cache, or --fast")
+        raise UserError("--fast speeds up the step that decodes after the KV cache: drop --no-cache, or --fast")
     model, tokenizer = load(args.out_dir)
     model.to(device)
     if args.int8:

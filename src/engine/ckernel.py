@@ -5,11 +5,11 @@ trains and decodes at: int8 weights times a vector (int8_matvec.c), GPT-2's GELU
 attention for training (attention.c) and a whole one-token decoding step (decode_step.c). Each is one
 commented C file next to the Python module that wraps it (the first three as PyTorch ops); they share small
 headers: exp_float.h (e^x from multiply-adds), gelu_float.h (GELU of one float) and dot.h (a weight row
-times a vector, float32, bfloat16 or int8). This file only builds
-them: the system's C compiler (`$CC`, else `cc`; `torch.compile` needs one for C++ anyway) with -O3 for
-this machine's instructions (`-march=native`) and OpenMP, into a temporary folder, then `ctypes` loads the
-library (under a second, once per process). Where that fails, `Kernel.available()` is False, a warning says
-so once, and the caller uses PyTorch's operation instead.
+times a vector, float32, bfloat16 or int8). This file only builds them: the system's C compiler (`$CC`,
+else `cc`; `torch.compile` needs one for C++ anyway) with -O3 for this machine's instructions
+(`-march=native`) and OpenMP, into a temporary folder, then `ctypes` loads the library (under a second, once
+per process). Where that fails, `Kernel.available()` is False, a warning says so once, and the caller uses
+PyTorch's operation (or, for the decoding step, the model's own steps) instead.
 
 Who uses it: engine/int8_matvec.py, engine/fused_gelu.py, engine/fused_attention.py, engine/decode_step.py.
 """

@@ -5,7 +5,7 @@ bytes still have to become floats before they are multiplied. PyTorch's `_weight
 slowly on a CPU without AVX-512 (it streamed 21-33% of the memory bandwidth here, see `bench/generate.py
 --levers`), and `torch.compile` cannot do better on such a CPU: its generated code loads integers through a
 scratch buffer (its vector loads of floats do not), which made the compiled one-line product several times
-slower still. So the product is written in C, in `int8_matvec.c` (77 lines with its comments):
+slower still. So the product is written in C, in `int8_matvec.c` (its row's loop in dot.h):
 
     y[b, j] = scale[j] * sum_i float(W[j, i]) * x[b, i]      W (out, in) int8, x (batch, in) float32
 
