@@ -188,7 +188,7 @@ def test_a_model_without_a_cache_decodes_as_it_always_does():
     assert torch.equal(CDecoding(bigram).generate(prompt, 20, seed=3), bigram.generate(prompt, 20, seed=3))
 
 
-def test_streamed_float32_weights_are_read_in_place():
+def test_streamed_float32_weights_give_the_models_text():
     model = spread_model()
     prompt = torch.tensor([[1, 2, 3]])
     assert torch.equal(CDecoding(stream_weights(copy.deepcopy(model))).generate(prompt, 30, temperature=0),
