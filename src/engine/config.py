@@ -110,7 +110,7 @@ PRESETS: dict[str, dict] = {
     # rather than 16 halves the share of Muon's per-step cost and its gradient noise; and the schedule
     # decays to 0 rather than to a tenth (a small gain, but on every seed). Context 256 at batch 16 lost on
     # every seed; 2 heads of 64 instead of 4 of 32 (at 128 wide) gained nothing beyond the noise (README:
-    # the ablations). Weight decay 0.1 sets the size Muon's matrices settle at: 0, 0.03 and 0.3 all lost (0 by
+    # the ablations). Weight decay 0.1 sets the size Muon's matrices settle at: 0, 0.03 and 0.3 lost (one seed; 0 by
     # 0.028). float32: below 256 wide, bf16's conversions cost more than its faster products save.
     "quality-300s": dict(
         n_layer=4, n_head=3, d_model=96, block_size=128, batch_size=32, optimizer="muon", lr=4e-3, muon_lr=0.04,
