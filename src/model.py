@@ -61,6 +61,9 @@ class GPTConfig:
     n_head: int | None = None  # attention heads per block; None: heads 64 wide (see default_n_head)
     d_model: int = 384  # width of the residual stream ("n_embd" in GPT-2's config)
     dropout: float = 0.0  # dropout probability during training (0 for GPT-2 fine-tuning and small data)
+    # Dropout on the attention weights; None: the same as `dropout` (GPT-2's way). 0 with dropout > 0 is
+    # residual-only dropout: the attention stays exact, so the fused attention kernel still applies in training.
+    attn_dropout: float | None = None
 
     def __post_init__(self):
         if self.n_head is None and self.d_model >= 1:
@@ -72,6 +75,13 @@ class GPTConfig:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.attn_dropout is not None and not 0.0 <= self.attn_dropout < 1.0:
+            raise ValueError(f"attn_dropout must be in [0, 1) or None, got {self.attn_dropout}")
+
+    @property
+    def attn_pdrop(self) -> float:
+        """The dropout rate on the attention weights (GPT-2's name for it): `attn_dropout`, else `dropout`."""
+        return self.dropout if self.attn_dropout is None else self.attn_dropout
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,7 +135,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
-        self.dropout = config.dropout
+        self.attn_dropout = config.attn_pdrop  # on the attention weights, while training
         self.c_attn = nn.Linear(config.d_model, 3 * config.d_model)  # q, k, v for all heads in one matmul
         self.c_proj = nn.Linear(config.d_model, config.d_model)  # mixes the heads back together
         self.c_proj.residual_projection = True  # marker for the scaled init in GPT._init_weights
@@ -154,7 +164,7 @@ class CausalSelfAttention(nn.Module):
             # softmax(q k^T / sqrt(hs) + causal mask) v, in one fused kernel. The causal mask sets the future
             # to -inf (never a finite -1e4, which a model can learn to defeat).
             y = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.dropout if self.training else 0.0, **causal_mask(T, start, x.device)
+                q, k, v, dropout_p=self.attn_dropout if self.training else 0.0, **causal_mask(T, start, x.device)
             )  # (B, nh, T, hs)
         # Put the heads side by side again: (B, nh, T, hs) -> (B, T, nh, hs) -> (B, T, C).
         # reshape copies the data into the new order, because transpose only changed the strides.
@@ -387,12 +397,14 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, name_or_folder: str | os.PathLike, block_size: int | None = None, dropout: float | None = None
+        cls, name_or_folder: str | os.PathLike, block_size: int | None = None, dropout: float | None = None,
+        attn_dropout: float | None = None,
     ) -> GPT:
         """A GPT-2 from a Hugging Face GPT-2 folder (`config.json` + `model.safetensors`), such as `train.py`
         saves, or OpenAI's released weights by name: "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"
         (downloaded from the Hugging Face Hub once). `block_size` shortens the context (`crop_block_size`),
-        `dropout` replaces the saved rate.
+        `dropout` replaces the saved rates: everywhere, or everywhere but the attention weights when
+        `attn_dropout` is given too.
 
         Decode what it generates with the tokenizer it was trained with: `load_pretrained` in
         engine/checkpoint.py returns the model and that tokenizer together.
@@ -404,7 +416,7 @@ class GPT(nn.Module):
                             "(load_pretrained in engine/checkpoint.py loads any folder train.py writes)")
         config = config_from_hf(hf)
         if dropout is not None:
-            config = replace(config, dropout=dropout)
+            config = replace(config, dropout=dropout, attn_dropout=attn_dropout)
         weights = folder / WEIGHTS
         if not weights.exists() and (folder / LEGACY_WEIGHTS).exists():
             weights = folder / LEGACY_WEIGHTS  # a pickle: read with weights_only=True (engine/files.py)
@@ -435,7 +447,7 @@ def hf_config(config: GPTConfig, eos_token_id: int | None = None) -> dict:
         "activation_function": "gelu_new",  # the tanh approximation of GELU
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
-        "attn_pdrop": config.dropout,
+        "attn_pdrop": config.attn_pdrop,
         "layer_norm_epsilon": 1e-5,
         "initializer_range": 0.02,
         "scale_attn_weights": True,
@@ -453,8 +465,11 @@ def config_from_hf(hf: dict) -> GPTConfig:
     try:
         if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
             raise UserError(f"unsupported n_inner {hf['n_inner']} (GPT-2 uses 4 * n_embd)")
+        dropout = hf.get("resid_pdrop", 0.0)
+        attn_dropout = hf.get("attn_pdrop", dropout)
         return GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
-                         n_head=hf["n_head"], d_model=hf["n_embd"], dropout=hf.get("resid_pdrop", 0.0))
+                         n_head=hf["n_head"], d_model=hf["n_embd"], dropout=dropout,
+                         attn_dropout=None if attn_dropout == dropout else attn_dropout)
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"invalid GPT-2 config.json ({err!r})") from None
 

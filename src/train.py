@@ -82,14 +82,15 @@ def ready_made_tokenizer(cfg: TrainConfig) -> Tokenizer | None:
 def build_model(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
     """GPT-2 of the configured size, the bigram baseline, or (--init-from) a pretrained GPT-2 to fine-tune."""
     if cfg.init_from:
-        model = load_model(cfg.init_from, block_size=cfg.block_size, dropout=cfg.dropout)
+        model = load_model(cfg.init_from, block_size=cfg.block_size, dropout=cfg.dropout,
+                           attn_dropout=cfg.attn_dropout)
         if model.config.vocab_size < vocab_size:
             raise UserError(f"the model knows {model.config.vocab_size} tokens, the tokenizer {vocab_size}")
         return model
     if cfg.model == "bigram":
         return BigramLanguageModel(vocab_size=vocab_size)
     return GPT(GPTConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                         d_model=cfg.d_model, dropout=cfg.dropout))
+                         d_model=cfg.d_model, dropout=cfg.dropout, attn_dropout=cfg.attn_dropout))
 
 
 def configure_optimizer(

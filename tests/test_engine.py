@@ -485,6 +485,14 @@ def test_explicit_flags_override_the_preset(order):
     assert (cfg.d_model, cfg.block_size, cfg.min_lr) == (768, 1024, 6e-5)  # the rest still from the preset
 
 
+def test_attn_dropout_flag_reaches_the_model():
+    """--attn-dropout sets the rate on the attention weights alone; without it, attention follows --dropout."""
+    residual_only = train_mod.build_model(parse_args(["--dropout", "0.1", "--attn-dropout", "0"]), 65)
+    assert (residual_only.config.dropout, residual_only.config.attn_pdrop) == (0.1, 0.0)
+    assert residual_only.transformer.h[0].attn.attn_dropout == 0.0
+    assert train_mod.build_model(parse_args(["--dropout", "0.1"]), 65).transformer.h[0].attn.attn_dropout == 0.1
+
+
 def test_init_from_implies_the_finetune_preset():
     cfg = parse_args(["--init-from", "gpt2"])
     assert cfg.preset == "finetune" and cfg.init_from == "gpt2"
@@ -495,7 +503,8 @@ def test_init_from_implies_the_finetune_preset():
 
 
 @pytest.mark.parametrize("argv", [
-    ["--n-layer", "0"], ["--batch-size", "-1"], ["--dropout", "1.0"], ["--lr", "nan"], ["--lr", "0"],
+    ["--n-layer", "0"], ["--batch-size", "-1"], ["--dropout", "1.0"], ["--attn-dropout", "-0.1"], ["--lr", "nan"],
+    ["--lr", "0"],
     ["--d-model", "30", "--n-head", "4"], ["--lr", "0.1", "--min-lr", "1"], ["--preset", "gpt5"],
     ["--tokens-per-step", "0"], ["--dtype", "int8"], ["--max-bad-steps", "0"], ["--compile", "maybe"],
     ["--tokenizer", "bpe", "--vocab-size", "100"], ["--warmup-iters", "-3"],

@@ -147,8 +147,9 @@ def test_inputs_the_c_code_would_misread_are_refused():
         fused_attention.backward(qkv, y, lse, torch.randn(1, 4, 5), 2)
 
 
-def gpt_pair(dropout: float = 0.0) -> tuple[GPT, GPT]:
-    config = GPTConfig(vocab_size=11, block_size=16, n_layer=3, n_head=2, d_model=32, dropout=dropout)
+def gpt_pair(dropout: float = 0.0, attn_dropout: float | None = None) -> tuple[GPT, GPT]:
+    config = GPTConfig(vocab_size=11, block_size=16, n_layer=3, n_head=2, d_model=32, dropout=dropout,
+                       attn_dropout=attn_dropout)
     torch.manual_seed(0)
     plain, fused = GPT(config), GPT(config)
     fused.load_state_dict(plain.state_dict())
@@ -206,6 +207,28 @@ def test_where_the_kernel_does_not_apply_the_layer_computes_as_before(monkeypatc
     fused.eval()
     fused(x)
     assert calls == [1] * 3  # evaluating: no dropout, the kernel
+
+
+def test_residual_only_dropout_keeps_the_kernel_in_training(monkeypatch):
+    """--dropout with --attn-dropout 0: the residual branches drop, attention stays exact, so training takes
+    the kernel, and gives the plain model's loss and gradients under the same dropout masks."""
+    calls = []
+    real = fused_attention.causal_attention
+    monkeypatch.setattr(fused_attention, "causal_attention", lambda *a: calls.append(1) or real(*a))
+    plain, fused = gpt_pair(dropout=0.2, attn_dropout=0.0)
+    x, y = (torch.randint(0, 11, (2, 16), generator=torch.Generator().manual_seed(s)) for s in (9, 10))
+    losses = []
+    for model in (plain, fused):
+        torch.manual_seed(2)  # the same masks for both: the dropout calls come in the same order
+        loss = model(x, y)[1]
+        loss.backward()
+        losses.append(loss)
+    assert calls == [1] * 3  # the fused model's three layers, in training, with dropout on
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    torch.manual_seed(3)
+    assert not torch.equal(fused(x)[0], fused(x)[0])  # and dropout is really on
+    for (name, p), q in zip(plain.named_parameters(), fused.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_training_on_a_cpu_uses_the_kernel(cpu_run_swaps):

@@ -358,6 +358,25 @@ def test_train_mode_with_dropout_is_random(tiny_config):
     assert not torch.equal(a, b)
 
 
+def test_attention_dropout_is_its_own_rate(tiny_config):
+    """attn_dropout 0 with dropout > 0 (residual-only dropout) leaves attention exact in training: with the
+    residual dropout taken out, a training-mode layer gives its eval-mode output. attn_dropout None follows
+    dropout (GPT-2's one rate), and then training-mode attention is random."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 32)
+    for attn_dropout, exact in ((0.0, True), (None, False), (0.5, False)):
+        config = tiny_config(dropout=0.5, attn_dropout=attn_dropout)
+        assert config.attn_pdrop == (0.5 if attn_dropout is None else attn_dropout)
+        layer = CausalSelfAttention(config)
+        assert isinstance(layer.resid_dropout, torch.nn.Dropout)  # the residual branch still drops
+        layer.resid_dropout = torch.nn.Identity()
+        with torch.no_grad():
+            trained, evaluated = layer.train()(x), layer.eval()(x)
+        assert torch.equal(trained, evaluated) == exact, attn_dropout
+    with pytest.raises(ValueError, match="attn_dropout"):
+        tiny_config(attn_dropout=1.0)
+
+
 def test_sequence_longer_than_block_size_raises(tiny_config):
     model = GPT(tiny_config(block_size=8))
     model(random_ids(48, 1, 8))  # exactly block_size is fine

@@ -28,7 +28,7 @@ import src.engine.hub as hub
 from src.engine.checkpoint import load_model, save_checkpoint
 from src.engine.errors import UserError
 from src.engine.hub import hub_repo
-from src.model import GPT
+from src.model import GPT, GPTConfig
 from src.tokenizer import CharTokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -172,6 +172,22 @@ def test_round_trip_hf_folder_to_ours_to_folder_to_hf(tmp_path):
     assert set(saved) == set(original) - {"lm_head.weight"}
     for name in saved:  # the same tensors, in HF's layout (Conv1D weights transposed back)
         assert torch.equal(saved[name], original[name]), name
+
+
+@pytest.mark.parametrize("attn_dropout", [None, 0.0, 0.25])
+def test_dropout_rates_cross_to_hugging_face_and_back(tmp_path, attn_dropout):
+    """Residual-only dropout (attn_dropout 0) is GPT-2's attn_pdrop 0: transformers reads the rates we write,
+    and we read back the config we saved (None, "as dropout", comes back as None)."""
+    config = GPTConfig(vocab_size=30, block_size=16, n_layer=1, n_head=2, d_model=16, dropout=0.1,
+                       attn_dropout=attn_dropout)
+    save_checkpoint(tmp_path, GPT(config), char_tokenizer(30))
+    hf = GPT2Config.from_pretrained(tmp_path)
+    assert (hf.resid_pdrop, hf.embd_pdrop) == (0.1, 0.1)
+    assert hf.attn_pdrop == (0.1 if attn_dropout is None else attn_dropout)
+    assert load_model(tmp_path).config == config
+    # a new dropout on loading (fine-tuning) sets every rate; attention's follows it unless given
+    assert load_model(tmp_path, dropout=0.2).config.attn_pdrop == 0.2
+    assert load_model(tmp_path, dropout=0.2, attn_dropout=0.0).config.attn_pdrop == 0.0
 
 
 def write_pytorch_model_bin(hf, folder: Path) -> None:

@@ -84,11 +84,12 @@ def save_checkpoint(out_dir: str | os.PathLike, model, tokenizer: Tokenizer, tra
 # --- loading -----------------------------------------------------------------------------------------------
 
 
-def load_model(path: str | os.PathLike, block_size: int | None = None, dropout: float | None = None):
+def load_model(path: str | os.PathLike, block_size: int | None = None, dropout: float | None = None,
+               attn_dropout: float | None = None):
     """The model of a checkpoint folder (ours or a Hugging Face GPT-2 folder), or of a released GPT-2 by name.
 
     For fine-tuning, `block_size` can shorten the context (GPT-2's is 1024; see `GPT.crop_block_size`) and
-    `dropout` replaces the saved dropout rate.
+    `dropout` replaces the saved dropout rates (`attn_dropout`, if given, the one on the attention weights).
     """
     path = resolve_pretrained(path)
     if not path.is_dir():
@@ -101,7 +102,7 @@ def load_model(path: str | os.PathLike, block_size: int | None = None, dropout: 
     config = read_json(path / CONFIG, "model config")
     if config.get("model_type") == "bigram":
         return model_from_export(config, load_tensors(path / WEIGHTS), path / WEIGHTS)
-    return GPT.from_pretrained(path, block_size=block_size, dropout=dropout)
+    return GPT.from_pretrained(path, block_size=block_size, dropout=dropout, attn_dropout=attn_dropout)
 
 
 def model_from_export(config: dict, tensors: dict[str, torch.Tensor], source: str | os.PathLike):

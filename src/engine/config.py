@@ -40,6 +40,7 @@ class TrainConfig:
     d_model: int = 128  # 128, not 256: four times the steps in the same minutes, a better model on a slow CPU
     block_size: int = 256  # context length
     dropout: float = 0.0
+    attn_dropout: float | None = None  # on the attention weights; None: the same as dropout
     # optimisation
     batch_size: int = 16  # sequences per micro-batch, per process
     tokens_per_step: int | None = None  # tokens per optimizer step; None = one micro-batch per process
@@ -208,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--d-model", type=positive_int, default=d.d_model, help="embedding width (divisible by n_head)")
     g.add_argument("--block-size", type=positive_int, default=d.block_size, help="context length in tokens")
     g.add_argument("--dropout", type=_probability, default=d.dropout, help="dropout probability while training")
+    g.add_argument("--attn-dropout", type=_probability, default=d.attn_dropout,
+                   help="dropout on the attention weights (default: --dropout's); 0 with --dropout > 0 is "
+                        "residual-only dropout, which keeps the fast attention kernel")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="sequences per micro-batch")
     g.add_argument("--tokens-per-step", type=positive_int, default=d.tokens_per_step,

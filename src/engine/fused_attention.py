@@ -133,13 +133,13 @@ class FusedCausalSelfAttention(CausalSelfAttention):
 
     def __init__(self, layer: CausalSelfAttention):
         nn.Module.__init__(self)  # not CausalSelfAttention.__init__: the layer's own weights are kept, not new ones
-        self.n_head, self.dropout = layer.n_head, layer.dropout
+        self.n_head, self.attn_dropout = layer.n_head, layer.attn_dropout
         self.c_attn, self.c_proj, self.resid_dropout = layer.c_attn, layer.c_proj, layer.resid_dropout
 
     def forward(self, x: torch.Tensor, cache=None, layer: int = 0, attention: list | None = None) -> torch.Tensor:
         """x: (B, T, C) -> (B, T, C)."""
         kernel_applies = (cache is None and attention is None and x.dtype == torch.float32 and x.is_cpu
-                          and not torch.is_autocast_enabled("cpu") and not (self.training and self.dropout > 0))
+                          and not torch.is_autocast_enabled("cpu") and not (self.training and self.attn_dropout > 0))
         if not kernel_applies:
             return super().forward(x, cache, layer, attention)
         y, _ = causal_attention(self.c_attn(x), self.n_head)  # (B, T, 3C) -> (B, T, C), the heads side by side
