@@ -58,7 +58,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -318,9 +318,10 @@ def levers_table(rounds: int) -> str:
         q, k, v = x.view(B, T, 3, cfg.n_head, C // cfg.n_head).permute(2, 0, 3, 1, 4).unbind(0)
         return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
 
-    def training_step(fused: bool):
+    def training_step(fused: bool, **changes):  # changes: settings other than the preset's (dropout)
+        step_cfg = replace(cfg, **changes)
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg, VOCAB)
+        model = build_model(step_cfg, VOCAB)
         if fused:
             use_fused_gelu(model)
             use_fused_attention(model)
@@ -339,6 +340,10 @@ def levers_table(rounds: int) -> str:
         ("Newton-Schulz steps, the same stacks", written_out, folded, "written out", "baddbmm"),
         (f"training step, {B} x {T} tokens, Muon", training_step(False), training_step(True),
          "PyTorch's", "gelu.c+attention.c"),
+        # Dropout on the attention weights sends attention back to PyTorch's kernel; on the residual branches
+        # only (--attn-dropout 0) it keeps attention.c. Both with our kernels swapped in, as train.py does.
+        ("the same step with dropout 0.1", training_step(True, dropout=0.1),
+         training_step(True, dropout=0.1, attn_dropout=0.0), "in attention too", "residual-only"),
     ]
     header = f"{'lever':<42} {'before':>18} {'ms':>8} {'after':>18} {'ms':>8} {'speed-up':>9}"
     lines = [header, "-" * len(header)]
