@@ -403,8 +403,7 @@ class GPT(nn.Module):
         """A GPT-2 from a Hugging Face GPT-2 folder (`config.json` + `model.safetensors`), such as `train.py`
         saves, or OpenAI's released weights by name: "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"
         (downloaded from the Hugging Face Hub once). `block_size` shortens the context (`crop_block_size`),
-        `dropout` replaces the saved rates: everywhere, or everywhere but the attention weights when
-        `attn_dropout` is given too.
+        `dropout` replaces the saved dropout rates, the attention weights' too unless `attn_dropout` sets that.
 
         Decode what it generates with the tokenizer it was trained with: `load_pretrained` in
         engine/checkpoint.py returns the model and that tokenizer together.
@@ -415,7 +414,8 @@ class GPT(nn.Module):
             raise UserError(f"{folder / CONFIG}: model_type {hf.get('model_type')!r} is not gpt2 "
                             "(load_pretrained in engine/checkpoint.py loads any folder train.py writes)")
         config = config_from_hf(hf)
-        if dropout is not None:
+        if dropout is not None or attn_dropout is not None:
+            dropout = config.dropout if dropout is None else dropout
             config = replace(config, dropout=dropout, attn_dropout=attn_dropout)
         weights = folder / WEIGHTS
         if not weights.exists() and (folder / LEGACY_WEIGHTS).exists():

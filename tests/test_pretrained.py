@@ -188,6 +188,8 @@ def test_dropout_rates_cross_to_hugging_face_and_back(tmp_path, attn_dropout):
     # a new dropout on loading (fine-tuning) sets every rate; attention's follows it unless given
     assert load_model(tmp_path, dropout=0.2).config.attn_pdrop == 0.2
     assert load_model(tmp_path, dropout=0.2, attn_dropout=0.0).config.attn_pdrop == 0.0
+    alone = load_model(tmp_path, attn_dropout=0.05).config  # attention's rate alone: the rest as saved
+    assert (alone.dropout, alone.attn_pdrop) == (0.1, 0.05)
 
 
 def write_pytorch_model_bin(hf, folder: Path) -> None:

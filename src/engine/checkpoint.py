@@ -89,7 +89,7 @@ def load_model(path: str | os.PathLike, block_size: int | None = None, dropout: 
     """The model of a checkpoint folder (ours or a Hugging Face GPT-2 folder), or of a released GPT-2 by name.
 
     For fine-tuning, `block_size` can shorten the context (GPT-2's is 1024; see `GPT.crop_block_size`) and
-    `dropout` replaces the saved dropout rates (`attn_dropout`, if given, the one on the attention weights).
+    `dropout` replaces the saved dropout rates, the attention weights' too unless `attn_dropout` sets that.
     """
     path = resolve_pretrained(path)
     if not path.is_dir():
