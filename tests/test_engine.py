@@ -503,9 +503,9 @@ def test_init_from_implies_the_finetune_preset():
 
 
 @pytest.mark.parametrize("argv", [
-    ["--n-layer", "0"], ["--batch-size", "-1"], ["--dropout", "1.0"], ["--attn-dropout", "-0.1"], ["--lr", "nan"],
-    ["--lr", "0"],
-    ["--d-model", "30", "--n-head", "4"], ["--lr", "0.1", "--min-lr", "1"], ["--preset", "gpt5"],
+    ["--n-layer", "0"], ["--batch-size", "-1"], ["--dropout", "1.0"], ["--attn-dropout", "-0.1"],
+    ["--lr", "nan"], ["--lr", "0"], ["--d-model", "30", "--n-head", "4"], ["--lr", "0.1", "--min-lr", "1"],
+    ["--preset", "gpt5"],
     ["--tokens-per-step", "0"], ["--dtype", "int8"], ["--max-bad-steps", "0"], ["--compile", "maybe"],
     ["--tokenizer", "bpe", "--vocab-size", "100"], ["--warmup-iters", "-3"],
     ["--cooldown", "0"], ["--cooldown", "1.5"], ["--cooldown", "nan"],
