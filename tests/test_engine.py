@@ -33,6 +33,7 @@ from src.engine.checkpoint import load_pretrained, read_training, save_checkpoin
 from src.engine.config import PRESETS, TrainConfig, parse_args
 from src.engine.distributed import Distributed
 from src.engine.errors import UserError
+from src.engine.metrics import optimizer_line
 from src.engine.precision import Precision, autocast, resolve_dtype
 from src.engine.resume import STATE_FILE, LoopState, load_state, save_state
 from src.engine.snapshots import list_snapshots, snapshot_file
@@ -727,6 +728,29 @@ def test_the_run_says_at_the_start_how_long_it_will_take(engine, tmp_path, capsy
     else:
         assert "training for 6 steps (how long: after the first 2 steps)" in printed
         assert re.search(r"[\d,]+ tokens/s: 6 steps take about \d+ s", printed), printed
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ([], "optimizer: AdamW at 0.001; warmup 100 steps, then a cosine decay to 0.1x the peak; weight decay 0.1, "
+         "betas (0.9, 0.99), gradient norm clipped at 1"),
+    (["--optimizer", "muon", "--min-lr", "0", "--grad-clip", "0"],
+     "optimizer: Muon at 0.02 for the blocks' matrices, AdamW at 0.001 for the rest; warmup 100 steps, then a "
+     "cosine decay to 0; weight decay 0.1, betas (0.9, 0.99), no gradient clipping"),
+    (["--cooldown", "0.4", "--lr", "2e-3", "--min-lr", "5e-4", "--warmup-iters", "7", "--beta2", "0.95"],
+     "optimizer: AdamW at 0.002; warmup 7 steps, then a linear decay over the last 40% of the steps to 0.25x the "
+     "peak; weight decay 0.1, betas (0.9, 0.95), gradient norm clipped at 1"),
+    (["--preset", "finetune", "--weight-decay", "0"],
+     "optimizer: AdamW at 3e-05; warmup 10 steps, then constant; weight decay 0, betas (0.9, 0.95), gradient "
+     "norm clipped at 1"),
+])
+def test_the_run_header_names_the_optimizer_and_its_schedule(flags, expected):
+    """What the run will do with the learning rate, read from the same settings lr_at and the optimizer get."""
+    assert optimizer_line(parse_args(flags)) == expected
+
+
+def test_the_optimizer_line_is_in_the_run_header(engine, tmp_path, capsys):
+    engine(tmp_path / "out", "--max-iters", "1", "--optimizer", "muon", "--muon-lr", "0.03")
+    assert "optimizer: Muon at 0.03 for the blocks' matrices, AdamW at " in capsys.readouterr().out
 
 
 def test_gpu_peaks_prefer_the_most_specific_name(monkeypatch):

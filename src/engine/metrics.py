@@ -107,6 +107,24 @@ def overfitting_start(evals: list[dict], tolerance: float = 0.01) -> dict | None
     return None
 
 
+def optimizer_line(cfg) -> str:
+    """The optimizer, its peak rates and the schedule every rate follows, as the run will use them: what an
+    ablation changes, and what to pass to repeat a run."""
+    if cfg.optimizer == "muon":
+        rates = f"Muon at {cfg.muon_lr:g} for the blocks' matrices, AdamW at {cfg.lr:g} for the rest"
+    else:
+        rates = f"AdamW at {cfg.lr:g}"
+    end = cfg.final_min_lr / cfg.lr  # every group decays by the same factor
+    if end == 1:
+        decay = "then constant"
+    else:
+        shape = f"a linear decay over the last {cfg.cooldown:.0%} of the steps" if cfg.cooldown else "a cosine decay"
+        decay = f"then {shape} to " + (f"{end:g}x the peak" if end else "0")
+    clip = f"gradient norm clipped at {cfg.grad_clip:g}" if cfg.grad_clip else "no gradient clipping"
+    return (f"optimizer: {rates}; warmup {cfg.warmup_iters} steps, {decay}; weight decay {cfg.weight_decay:g}, "
+            f"betas (0.9, {cfg.beta2:g}), {clip}")
+
+
 def duration(seconds: float) -> str:
     """480 -> '8 min 0 s', 42.4 -> '42 s'."""
     minutes, seconds = divmod(round(seconds), 60)
@@ -143,6 +161,7 @@ class TrainingLog:
         self.say(f"device: {precision.device}, precision: {precision.reason}, {torch.get_num_threads()} CPU threads, "
                  f"{ddp.world_size} process(es), torch.compile {'on' if compiled else 'off'}")
         self.say(f"model: {cfg.init_from or cfg.model}, {describe(model.num_params())}")
+        self.say(optimizer_line(cfg))
         # The forecast waits for a window of steady steps: the first one of a compiled run includes compiling.
         self.seconds_left = cfg.max_seconds - seconds_trained if cfg.max_seconds else None
         self.windows_before_forecast = 2 if compiled else 1
