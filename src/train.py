@@ -38,7 +38,7 @@ import torch
 from src.bigram import BigramLanguageModel
 from src.dataloader import PreparedData, prepare_data
 from src.engine.checkpoint import RunLock, folder_tokenizer, gpt2_tokenizer, load_model
-from src.engine.config import TrainConfig, parse_args
+from src.engine.config import BETA1, TrainConfig, parse_args
 from src.engine.distributed import Distributed
 from src.engine.errors import UserError, run_cli
 from src.engine.fused_attention import use_fused_attention
@@ -104,7 +104,7 @@ def configure_optimizer(
     kind="muon": Muon (at `muon_lr`) for the blocks' matrices instead, AdamW for the rest (engine/muon.py).
     """
     if kind == "muon":
-        return Muon(muon_groups(model, lr, muon_lr, weight_decay), lr=lr, betas=(0.9, beta2))
+        return Muon(muon_groups(model, lr, muon_lr, weight_decay), lr=lr, betas=(BETA1, beta2))
     params = [p for p in model.parameters() if p.requires_grad]  # a tied tensor appears once
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
@@ -112,7 +112,7 @@ def configure_optimizer(
     ]
     # The fused kernel does the whole update in one pass on CUDA; on CPU the default is fine.
     fused = device.type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, beta2), **({"fused": True} if fused else {}))
+    return torch.optim.AdamW(groups, lr=lr, betas=(BETA1, beta2), **({"fused": True} if fused else {}))
 
 
 def lr_at(step: int, lr: float, min_lr: float, warmup_iters: int, decay_iters: int,

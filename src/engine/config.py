@@ -22,6 +22,8 @@ from src.engine.errors import ArgumentParser, UserError, positive_int, whole_num
 from src.engine.snapshots import DEFAULT_MAX_PARAMS
 from src.model import default_n_head
 
+BETA1 = 0.9  # AdamW's first beta (its momentum), the same in every run; beta2 is a setting
+
 
 @dataclass
 class TrainConfig:
@@ -51,7 +53,7 @@ class TrainConfig:
     warmup_iters: int = 100
     cooldown: float | None = None  # a constant LR, then a linear decay over this last fraction; None = cosine
     weight_decay: float = 0.1
-    beta2: float = 0.99
+    beta2: float = 0.99  # AdamW's betas are (BETA1, beta2)
     grad_clip: float = 1.0  # clip the gradient norm to this (0 = off)
     max_iters: int = 2000  # optimizer steps (with a time budget: the most); an explicit --max-iters turns it off
     max_seconds: float | None = None  # a training-time budget: stop then, with the LR schedule fitted to it

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from src.engine.config import BETA1
 from src.engine.files import atomic_write_bytes, atomic_write_text
 from src.engine.perf import describe, peak_flops
 
@@ -122,7 +123,7 @@ def optimizer_line(cfg) -> str:
         decay = f"then {shape} to " + (f"{end:g}x the peak" if end else "0")
     clip = f"gradient norm clipped at {cfg.grad_clip:g}" if cfg.grad_clip else "no gradient clipping"
     return (f"optimizer: {rates}; warmup {cfg.warmup_iters} steps, {decay}; weight decay {cfg.weight_decay:g}, "
-            f"betas (0.9, {cfg.beta2:g}), {clip}")
+            f"betas ({BETA1:g}, {cfg.beta2:g}), {clip}")
 
 
 def duration(seconds: float) -> str:
