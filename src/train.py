@@ -94,7 +94,7 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
 
 
 def configure_optimizer(
-    model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device, beta2: float = 0.95,
+    model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device, beta2: float = TrainConfig.beta2,
     kind: str = "adamw", muon_lr: float = 0.02,
 ) -> torch.optim.Optimizer:
     """AdamW with two parameter groups: >=2-D tensors decay, 1-D tensors (biases, LayerNorm) do not.
@@ -237,9 +237,6 @@ def train(cfg: TrainConfig) -> LoopState:
             state = load_state(out_dir / STATE_FILE, model, optimizer, precision.scaler, train_loader,
                                rank=ddp.rank, world_size=ddp.world_size, config=cfg.to_dict())
             ddp.print(f"resumed from {out_dir / STATE_FILE} at step {state.step}")
-            for group in optimizer.param_groups:  # the saved groups carry the old run's ratio: take this one's
-                if group.get("use_muon"):
-                    group["lr_scale"] = cfg.muon_lr / cfg.lr
         if state.step >= cfg.max_iters:
             raise UserError(f"the run in {out_dir} already reached step {state.step}; raise --max-iters to go on")
         if cfg.max_seconds and state.seconds_trained >= cfg.max_seconds:
@@ -257,7 +254,7 @@ def train(cfg: TrainConfig) -> LoopState:
             vocab = data.tokenizer.vocab_size
             log.say(f"initial loss {val_loss:.4f}; a uniform guess over {vocab} tokens would give "
                     f"ln({vocab}) = {math.log(vocab):.4f}")
-        if cfg.init_from and cfg.sample_tokens and ddp.is_main:
+        if cfg.init_from and cfg.sample_tokens and ddp.is_main and state.step == 0:
             print_samples(model, data.tokenizer, FINETUNE_PROMPTS, cfg, "samples before fine-tuning")
 
         # 3. The loop: one optimizer step per iteration; now and then an evaluation and a checkpoint.

@@ -33,7 +33,7 @@ from src.engine.checkpoint import load_pretrained, read_training, save_checkpoin
 from src.engine.config import PRESETS, TrainConfig, parse_args
 from src.engine.distributed import Distributed
 from src.engine.errors import UserError
-from src.engine.metrics import optimizer_line
+from src.engine.metrics import MetricsLog, optimizer_line
 from src.engine.precision import Precision, autocast, resolve_dtype
 from src.engine.resume import STATE_FILE, LoopState, load_state, save_state
 from src.engine.snapshots import list_snapshots, snapshot_file
@@ -483,7 +483,16 @@ def test_explicit_flags_override_the_preset(order):
     flags = ["--lr", "1e-4", "--n-layer", "2", "--tokens-per-step", "16384"]
     cfg = parse_args(["--preset", "gpt2-124m", *flags] if order == "flags-after" else [*flags, "--preset", "gpt2-124m"])
     assert (cfg.lr, cfg.n_layer, cfg.tokens_per_step) == (1e-4, 2, 16384)
-    assert (cfg.d_model, cfg.block_size, cfg.min_lr) == (768, 1024, 6e-5)  # the rest still from the preset
+    assert (cfg.d_model, cfg.block_size) == (768, 1024)  # the rest still from the preset
+    assert cfg.min_lr == pytest.approx(1e-5)  # the preset's floor, a tenth of its peak: a tenth of the new one
+
+
+def test_another_lr_keeps_the_presets_floor_as_a_fraction_of_the_peak():
+    """Fine-tuning's rate is constant (floor = peak): a lower --lr must not be refused for a floor above it."""
+    assert parse_args(["--init-from", "gpt2", "--lr", "1e-5"]).final_min_lr == pytest.approx(1e-5)
+    assert parse_args(["--preset", "shakespeare-char", "--lr", "5e-5"]).final_min_lr == pytest.approx(5e-6)
+    assert parse_args(["--preset", "quality-300s", "--lr", "1e-3"]).final_min_lr == 0.0
+    assert parse_args(["--preset", "shakespeare-char", "--lr", "5e-5", "--min-lr", "1e-6"]).min_lr == 1e-6
 
 
 def test_attn_dropout_flag_reaches_the_model():
@@ -613,6 +622,14 @@ def test_compiled_training_saves_plain_checkpoints(run_cli, engine, tmp_path, te
 # --- what a run records -----------------------------------------------------------------------------------------
 
 
+def test_a_metrics_line_cut_short_by_a_kill_does_not_block_the_resume(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 0, "val_loss": 4.2}\n{"step": 5, "train_loss": 3.1}\n{"step": 7, "train_lo')
+    log = MetricsLog(path, resume=True, keep_until=5)
+    assert [r["step"] for r in log.rows] == [0, 5]
+    assert path.read_text().splitlines() == ['{"step": 0, "val_loss": 4.2}', '{"step": 5, "train_loss": 3.1}']
+
+
 def test_metrics_rows_and_loss_plot(engine, tmp_path):
     out = tmp_path / "out"
     engine(out, "--max-iters", "6", "--eval-interval", "3", "--warmup-iters", "2")
@@ -730,15 +747,32 @@ def test_the_run_says_at_the_start_how_long_it_will_take(engine, tmp_path, capsy
         assert re.search(r"[\d,]+ tokens/s: 6 steps take about \d+ s", printed), printed
 
 
+def test_the_forecast_counts_the_time_already_trained(engine, tmp_path, capsys, monkeypatch):
+    """Steps of 0.2 s in a 3 s budget: about 15 fit. The forecast comes after 5 steps (1 s); counting the whole
+    budget as still ahead would promise 5 + 15 = 20, and a compiled run's forecast would count its compile too."""
+    real_step = train_mod.train_step
+
+    def slow_step(*args, **kwargs):
+        time.sleep(0.2)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_step", slow_step)
+    state = engine(tmp_path / "out", "--max-seconds", "3", "--max-iters", "1000", "--log-interval", "5",
+                   "--eval-interval", "1000000")
+    promised = int(re.search(r"about ([\d,]+) steps fit into 3 s", capsys.readouterr().out).group(1))
+    assert promised <= state.step + 2, (promised, state.step)
+
+
 @pytest.mark.parametrize(("flags", "expected"), [
     ([], "optimizer: AdamW at 0.001; warmup 100 steps, then a cosine decay to 0.1x the peak; weight decay 0.1, "
          "betas (0.9, 0.99), gradient norm clipped at 1"),
     (["--optimizer", "muon", "--min-lr", "0", "--grad-clip", "0"],
      "optimizer: Muon at 0.02 for the blocks' matrices, AdamW at 0.001 for the rest; warmup 100 steps, then a "
-     "cosine decay to 0; weight decay 0.1, betas (0.9, 0.99), no gradient clipping"),
+     "cosine decay to 0; weight decay 0.1, Muon momentum 0.95 (Nesterov), AdamW betas (0.9, 0.99), no gradient "
+     "clipping"),
     (["--cooldown", "0.4", "--lr", "2e-3", "--min-lr", "5e-4", "--warmup-iters", "7", "--beta2", "0.95"],
-     "optimizer: AdamW at 0.002; warmup 7 steps, then a linear decay over the last 40% of the steps to 0.25x the "
-     "peak; weight decay 0.1, betas (0.9, 0.95), gradient norm clipped at 1"),
+     "optimizer: AdamW at 0.002; warmup 7 steps, then a linear decay over the last 40% of the steps after warmup "
+     "to 0.25x the peak; weight decay 0.1, betas (0.9, 0.95), gradient norm clipped at 1"),
     (["--preset", "finetune", "--weight-decay", "0"],
      "optimizer: AdamW at 3e-05; warmup 10 steps, then constant; weight decay 0, betas (0.9, 0.95), gradient "
      "norm clipped at 1"),
@@ -844,6 +878,18 @@ def test_muon_trains_at_its_own_rate_and_a_resume_takes_the_new_one(engine, tmp_
     engine(out, "--max-iters", "4", *flags[2:], "--muon-lr", "0.04", "--resume")
     last_lr = [r for r in rows(out) if r["event"] == "train"][-1]["lr"]
     assert state_meta(out / STATE_FILE)["optimizer"]["param_groups"][0]["lr"] == pytest.approx(last_lr * 40)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_resume_trains_with_its_own_weight_decay_and_betas(engine, tmp_path, optimizer):
+    """The saved groups carry the first run's settings; the resumed run's flags must win (not silently drop)."""
+    out = tmp_path / "out"
+    flags = ["--max-iters", "2", "--eval-interval", "2", "--warmup-iters", "1", "--optimizer", optimizer]
+    engine(out, *flags, "--weight-decay", "0.1", "--beta2", "0.99")
+    engine(out, *flags, "--max-iters", "3", "--weight-decay", "0.3", "--beta2", "0.9", "--resume")
+    groups = state_meta(out / STATE_FILE)["optimizer"]["param_groups"]
+    assert {g["weight_decay"] for g in groups} == {0.0, 0.3}  # the 1-D weights never decay
+    assert all(tuple(g["betas"]) == (0.9, 0.9) for g in groups)
 
 
 @pytest.mark.parametrize("cooldown", [None, 0.5])

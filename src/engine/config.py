@@ -236,8 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optimizer steps; given on the command line, it is the run's exact length (no time budget, "
                         "unless --max-seconds is given too): the same run step for step on any machine")
     g.add_argument("--max-seconds", type=_non_negative_float, default=d.max_seconds,
-                   help="training-time budget in seconds (evaluations included): stop when it is used up, with the "
-                        "cosine decay stretched or shrunk to end there; 0 = none")
+                   help="training-time budget in seconds (training only: evaluating and saving are not counted): "
+                        "stop when it is used up, with the learning-rate decay fitted to end there; 0 = none")
     g.add_argument("--max-bad-steps", type=positive_int, default=d.max_bad_steps,
                    help="stop after this many non-finite losses/gradients in a row")
     g = p.add_argument_group("evaluation and logging")
@@ -281,9 +281,14 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         args.max_seconds = None
     # An explicit --max-iters asks for exactly that many steps: the time budget, which would end the run
     # wherever this machine's speed puts it, is off unless --max-seconds is given as well.
-    explicit = parser.parse_args(argv, argparse.Namespace(max_iters=None, max_seconds=None))
+    explicit = parser.parse_args(argv, argparse.Namespace(max_iters=None, max_seconds=None, lr=None, min_lr=None))
     if explicit.max_iters is not None and explicit.max_seconds is None:
         args.max_seconds = None
+    # A preset's floor is a fraction of its own peak (fine-tuning's: all of it, a constant rate): another --lr
+    # without --min-lr keeps the fraction, rather than a floor above the new peak.
+    recipe = PRESETS[preset]
+    if explicit.lr is not None and explicit.min_lr is None and "min_lr" in recipe and "lr" in recipe:
+        args.min_lr = recipe["min_lr"] * args.lr / recipe["lr"]
     if args.n_head is not None and args.d_model % args.n_head != 0:
         parser.error(f"--d-model ({args.d_model}) must be divisible by --n-head ({args.n_head})")
     if args.min_lr is not None and args.min_lr > args.lr:

@@ -26,7 +26,22 @@ from tqdm import tqdm
 
 from src.engine.config import BETA1
 from src.engine.files import atomic_write_bytes, atomic_write_text
+from src.engine.muon import MOMENTUM
 from src.engine.perf import describe, peak_flops
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """The rows of a log. Rows are appended, not written atomically: a process killed mid-write leaves its
+    last line cut short, and that line (after the last save, so the resumed run writes it again) is left out."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows
 
 
 class MetricsLog:
@@ -39,8 +54,7 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict] = []
         if resume and self.path.exists():
-            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-            self.rows = [r for r in rows if r["step"] <= keep_until]
+            self.rows = [r for r in _read_rows(self.path) if r["step"] <= keep_until]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
     def log(self, **row) -> None:
@@ -119,11 +133,15 @@ def optimizer_line(cfg) -> str:
     if end == 1:
         decay = "then constant"
     else:
-        shape = f"a linear decay over the last {cfg.cooldown:.0%} of the steps" if cfg.cooldown else "a cosine decay"
+        shape = (f"a linear decay over the last {cfg.cooldown:.0%} of the steps after warmup" if cfg.cooldown
+                 else "a cosine decay")
         decay = f"then {shape} to " + (f"{end:g}x the peak" if end else "0")
+    betas = f"betas ({BETA1:g}, {cfg.beta2:g})"
+    if cfg.optimizer == "muon":
+        betas = f"Muon momentum {MOMENTUM:g} (Nesterov), AdamW {betas}"
     clip = f"gradient norm clipped at {cfg.grad_clip:g}" if cfg.grad_clip else "no gradient clipping"
     return (f"optimizer: {rates}; warmup {cfg.warmup_iters} steps, {decay}; weight decay {cfg.weight_decay:g}, "
-            f"betas ({BETA1:g}, {cfg.beta2:g}), {clip}")
+            f"{betas}, {clip}")
 
 
 def duration(seconds: float) -> str:
@@ -158,6 +176,7 @@ class TrainingLog:
         self.bar = None  # made at the first step, so that what is printed before stays clear of it
         self.bar_step = self.window_step = start_step
         self.window_start = time.time()
+        self.seconds_training = 0.0  # since this process started: the training windows' time, no evaluations
         self.say(f"python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}")
         self.say(f"device: {precision.device}, precision: {precision.reason}, {torch.get_num_threads()} CPU threads, "
                  f"{ddp.world_size} process(es), torch.compile {'on' if compiled else 'off'}")
@@ -173,7 +192,8 @@ class TrainingLog:
                      "how many steps fit depends on this machine's speed; --max-iters N runs exactly N steps instead, "
                      "the same run on any machine")
         else:
-            self.say(f"training for {cfg.max_iters:,} steps (how long: after the first {cfg.log_interval} steps)")
+            self.say(f"training for {cfg.max_iters:,} steps (how long: after the first "
+                     f"{cfg.log_interval * self.windows_before_forecast} steps)")
         if self.peak:
             self.say(f"peak {self.peak / 1e9:,.0f} GFLOP/s ({peak_source}); "
                      f"model {self.flops_per_token / 1e6:,.1f} MFLOP per token")
@@ -196,7 +216,9 @@ class TrainingLog:
             return
         if self.device.type == "cuda":
             torch.cuda.synchronize()  # the GPU runs ahead of Python: wait for it before reading the clock
-        tokens_per_s = (step - self.window_step) * self.tokens_per_step / (time.time() - self.window_start)
+        window_seconds = time.time() - self.window_start
+        tokens_per_s = (step - self.window_step) * self.tokens_per_step / window_seconds
+        self.seconds_training += window_seconds
         self.window_step, self.window_start = step, time.time()
         row = dict(step=step, tokens=step * self.tokens_per_step, train_loss=loss, lr=lr, grad_norm=grad_norm,
                    tokens_per_s=tokens_per_s, flops_per_s=self.flops_per_token * tokens_per_s)
@@ -212,8 +234,9 @@ class TrainingLog:
     def _forecast(self, step: int, tokens_per_s: float) -> None:
         """Once, after the first steps: how long training will take at the speed measured so far."""
         seconds_per_step = self.tokens_per_step / tokens_per_s
-        if self.seconds_left:
-            steps = self.bar_total = min(self.max_iters, step + int(self.seconds_left / seconds_per_step))
+        if self.seconds_left:  # what is left of the budget after the steps so far (a compiled run's: compiling too)
+            left = max(0.0, self.seconds_left - self.seconds_training)
+            steps = self.bar_total = min(self.max_iters, step + int(left / seconds_per_step))
             self.say(f"{tokens_per_s:,.0f} tokens/s: about {steps:,} steps fit into {duration(self.seconds_left)}")
         else:
             left = (self.max_iters - step) * seconds_per_step

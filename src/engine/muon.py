@@ -25,7 +25,7 @@ LayerNorm gains, get AdamW, written out below so that both live in one optimizer
 Each param group carries `use_muon` and `lr_scale`: train.py sets every group's `lr` to the schedule's
 value times its `lr_scale`, so both optimizers follow the same warmup and decay at their own peaks.
 
-Who uses it: `train.py` (`configure_optimizer` with `--optimizer muon`).
+Who uses it: `train.py` (`configure_optimizer` with `--optimizer muon`); `metrics.py` prints MOMENTUM.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import math
 import torch
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+MOMENTUM = 0.95  # the matrices' momentum (Nesterov), as in modded-nanogpt; AdamW's betas are separate
 
 
 def orthogonalize(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
@@ -66,7 +67,7 @@ class Muon(torch.optim.Optimizer):
     matrix with out > in has rows of norm sqrt(in / out), smaller than a wide one's).
     """
 
-    def __init__(self, groups: list[dict], lr: float, momentum: float = 0.95, betas=(0.9, 0.95),
+    def __init__(self, groups: list[dict], lr: float, momentum: float = MOMENTUM, betas=(0.9, 0.95),
                  eps: float = 1e-8, ns_steps: int = 5):
         defaults = dict(lr=lr, lr_scale=1.0, use_muon=False, weight_decay=0.0, momentum=momentum, betas=betas,
                         eps=eps, ns_steps=ns_steps)

@@ -39,7 +39,7 @@ def param_count(vocab_size: int, block_size: int, n_layer: int, d_model: int) ->
 
 
 def describe(num_params: int, train: bool = True) -> str:
-    """'124,439,808 parameters: weights 0.50 GB, gradients 0.50 GB, optimizer 1.00 GB; ~2.00 GB in all'.
+    """'124,439,808 parameters: weights 0.50 GB, gradients 0.50 GB, optimizer 1.00 GB; ~1.99 GB in all'.
 
     float32 throughout: 4 bytes a weight, 4 a gradient, 8 for AdamW's two running averages (at most: Muon
     keeps one for the matrices it updates). Activations come on top and grow with batch size x context

@@ -287,11 +287,16 @@ def load_state(
     device = next(model.parameters()).device
     model.load_state_dict(weights, strict=False)  # strict=False: lm_head is tied to wte
     optim = {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")}  # only these go to the GPU
+    # load_state_dict brings back the saved groups' settings too (weight decay, betas, Muon's rate ratio), but
+    # only the state (moments, momentum) belongs to the saved run: the settings are this run's flags.
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     try:
         optimizer.load_state_dict(_unflatten_optimizer(optim, meta["optimizer"]))
     except ValueError as err:  # another optimizer (a file from before --optimizer was recorded)
         raise UserError(f"{path} holds another optimizer's state than this run's ({err}); resume with the saved "
                         "run's --optimizer") from None
+    for group, own in zip(optimizer.param_groups, settings, strict=True):
+        group.update(own)
     if meta["scaler"] is not None:
         scaler.load_state_dict(meta["scaler"])
     loader.restore({k: v for k, v in tensors.items() if k.startswith("loader.")}, meta.get("loader") or {}, path,
