@@ -134,20 +134,34 @@ def prepare_data(
     train, val = cached_tokens(train_text, tokenizer, cache), cached_tokens(val_text, tokenizer, cache)
     check_length(train, block_size, "train")
     check_length(val, block_size, "validation")
-    tokens_per_byte = len(val) / len(val_text.encode("utf-8"))
+    val_chars, val_bytes = document_size(val_text, documents, separator, cut=len(train_text))
+    tokens_per_byte = len(val) / val_bytes
     if verbose:
         print(f"{len(text):,} characters, {tokenizer.kind} tokenizer with {tokenizer.vocab_size} tokens, "
               f"{len(train):,} train / {len(val):,} val tokens ({1 / tokens_per_byte:.2f} bytes per token)")
-    return Data(tokenizer, train, val, len(val) / len(val_text), tokens_per_byte)
+    return Data(tokenizer, train, val, len(val) / val_chars, tokens_per_byte)
+
+
+def document_size(val_text: str, documents: list[str], separator: str, cut: int) -> tuple[int, int]:
+    """(characters, UTF-8 bytes) of the documents' own text in the validation split, which starts at `cut`.
+
+    Bits per byte divide the loss by the text's size, and the separators the join added are not text: an
+    "<|endoftext|>" is one token, not 13 bytes (prepare.py counts the same way)."""
+    joins, at = 0, 0  # separators inside the validation split; `at`: where the next one starts
+    for document in documents[:-1]:
+        at += len(document)
+        joins += at >= cut
+        at += len(separator)
+    return (len(val_text) - joins * len(separator),
+            len(val_text.encode("utf-8")) - joins * len(separator.encode("utf-8")))
 
 
 def check_length(tokens: np.ndarray, block_size: int, split: str) -> None:
     """A split must hold at least one window of block_size + 1 tokens."""
     if len(tokens) < block_size + 1:
-        raise UserError(
-            f"the {split} split has {len(tokens)} tokens, but block_size {block_size} needs at least "
-            f"{block_size + 1}: use a longer text or a smaller --block-size (at most {max(len(tokens) - 1, 1)})"
-        )
+        smaller = f" or a smaller --block-size (at most {len(tokens) - 1})" if len(tokens) >= 2 else ""
+        raise UserError(f"the {split} split has {len(tokens)} tokens, but block_size {block_size} needs at least "
+                        f"{block_size + 1}: use a longer text{smaller}")
 
 
 # --- batches ------------------------------------------------------------------------------------------------

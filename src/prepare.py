@@ -17,7 +17,8 @@ core, and writes a folder that `train.py --data DIR` and `evaluate.py --data DIR
    One document longer than the whole budget (a book in one file) gives validation its first tokens and
    training the rest. A BPE learned here learns from the first documents, which then count as training:
    validation is never seen by the tokenizer;
-5. shards of at most `--shard-tokens` ending on document boundaries, each written atomically, then the
+5. shards of at most `--shard-tokens` ending on document boundaries (unless that would leave a shard less than
+   half full: a long document is cut between two tokens), each written atomically, then the
    manifest (engine/shards.py) that lists them, with the tokens still waiting for the next shard saved
    beside it. Interrupted (Ctrl-C, a kill), the folder keeps every finished shard; the same command again
    continues from the last one, to the same bytes.
@@ -274,11 +275,13 @@ class Router:
         return self.splits["train"]
 
     def close_validation(self) -> None:
-        """Validation is full: write all of it now, so that it never waits for more."""
+        """Validation is full: write all of it now (in shards of at most --shard-tokens), so that it never
+        waits for more."""
         if self.val_closed:
             return
         self.val_closed = True
         val = self.splits["val"]
+        val.flush_full(self.folder, self.dtype)
         val.write_shard(self.folder, val.pending_tokens, self.dtype)
 
     def save_progress(self) -> None:

@@ -509,6 +509,25 @@ def test_data_folder_documents_are_joined_with_a_blank_line_for_char(write, toke
     assert "X" not in tokenizer.chars  # the .md file ("NOT A TRAINING TEXT") was not read
 
 
+@pytest.mark.parametrize("kind", ["bpe", "char"])
+def test_bits_per_byte_count_the_documents_text_not_the_separators(write, token_cache, kind):
+    """Twenty short documents: the validation split holds separators, which are not text (an "<|endoftext|>"
+    is one token, not 13 bytes); prepare.py's folders count the same way."""
+    docs = [english(150, seed=60 + i).replace("\n\n", "\n") for i in range(20)]
+    for i, doc in enumerate(docs):
+        folder = write(f"many/{i:02d}.txt", doc).parent
+    prepared = prepare(tiny_cfg(folder, tokenizer=kind, vocab_size=300, cache_dir=token_cache.parent))
+    val = prepared.val.tolist()
+    if kind == "bpe":
+        pieces = prepared.tokenizer.decode(val).split(ENDOFTEXT)
+    else:
+        pieces = prepared.tokenizer.decode(val).split("\n\n")
+    assert len(pieces) >= 2  # the premise: separators inside the validation split
+    text = "".join(pieces)  # the documents' own text
+    assert prepared.tokens_per_byte == pytest.approx(len(val) / len(text.encode("utf-8")), rel=1e-12)
+    assert prepared.tokens_per_char == pytest.approx(len(val) / len(text), rel=1e-12)
+
+
 def test_the_train_val_cut_never_splits_an_endoftext_marker(write, token_cache):
     # 1795 + 13 + 192 = 2000 characters: the cut at 1800 lands between "<|end" and "oftext|>".
     docs = [english(1795, seed=41), english(192, seed=42)]

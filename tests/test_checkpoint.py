@@ -355,9 +355,10 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint(saved, monkeypatch,
         monkeypatch.setattr(files.os, "replace", crash)
     else:  # dies while writing the temporary file
         monkeypatch.setattr(files.os, "fsync", crash)
-    with pytest.raises(OSError, match="simulated crash"):
+    with pytest.raises(UserError, match="cannot write .*simulated crash: disk full; the previous file is untouched"):
         save_checkpoint(folder, new, TOKENIZER, {"step": 8})
     monkeypatch.undo()
+    assert not [p.name for p in folder.iterdir() if ".tmp" in p.name]  # the failed write cleaned up after itself
 
     after = {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")}
     assert after == before  # every real file byte-identical

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from src.dataloader import BatchLoader, check_length, token_array, train_val_split
-from src.engine.corpus import SHAKESPEARE_FILE, markdown_play_to_text, read_text, resolve_data
+from src.engine.corpus import SHAKESPEARE_FILE, markdown_play_to_text, read_documents, read_text, resolve_data
 from src.engine.errors import UserError
 
 # --- token arrays and the split -----------------------------------------------------------------------
@@ -96,8 +96,10 @@ def test_a_split_shorter_than_a_window_raises_a_user_error_naming_sizes():
     message = str(err.value)
     assert "validation" in message and "8 tokens" in message and "block_size 8" in message and "9" in message
     BatchLoader(np.arange(9, dtype=np.uint16), block_size=8, batch_size=2)  # exactly one window is enough
-    with pytest.raises(UserError, match="train split has 3 tokens"):
+    with pytest.raises(UserError, match="train split has 3 tokens.*smaller --block-size \\(at most 2\\)"):
         check_length(np.arange(3), 16, "train")
+    with pytest.raises(UserError, match="has 1 tokens, .*use a longer text$"):  # no block size would do
+        check_length(np.arange(1), 16, "val")
 
 
 def test_fixed_batches_are_identical_across_calls_and_leave_the_loader_alone():
@@ -222,6 +224,19 @@ My lord, my lord,--
 HAMLET:
 Farewell.
 """
+
+
+def test_a_folder_leaves_out_hidden_and_empty_files(tmp_path):
+    """A Mac copies `._song.txt` (binary, NUL bytes) beside every file; an empty file holds nothing to learn."""
+    (tmp_path / "b.txt").write_text("second song")
+    (tmp_path / "a.txt").write_text("first song")
+    (tmp_path / "._a.txt").write_bytes(b"\x00\x05\x16\x07 Mac OS X resource fork")
+    (tmp_path / "empty.txt").write_text("  \n")
+    assert read_documents(tmp_path) == ["first song", "second song"]
+    for file in ("a.txt", "b.txt"):
+        (tmp_path / file).unlink()
+    with pytest.raises(UserError, match="has no \\*.txt files with text"):
+        read_documents(tmp_path)
 
 
 def test_markdown_play_to_text_keeps_only_speeches():

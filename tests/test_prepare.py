@@ -106,17 +106,23 @@ def test_shards_end_on_document_boundaries_and_the_manifest_describes_them(tmp_p
     assert len(sizes) >= 3 and all(500 <= size <= 1000 for size in sizes[:-1])  # at most --shard-tokens, not tiny
 
 
-def test_one_document_longer_than_everything_is_cut_between_tokens(tmp_path):
-    """A single book: validation takes exactly its first --val-tokens, shards exactly --shard-tokens, and the
-    tokens are those of the whole text encoded at once."""
+@pytest.mark.parametrize("shard_tokens, val_shards, train_shards", [(4000, [2500], [4000] * 6),
+                                                                  (1000, [1000, 1000, 500], [1000] * 27)])
+def test_one_document_longer_than_everything_is_cut_between_tokens(tmp_path, shard_tokens, val_shards,
+                                                                   train_shards):
+    """A single book: validation takes exactly its first --val-tokens, shards exactly --shard-tokens (those of
+    validation too, when its budget is more than a shard), and the tokens are those of the whole text encoded
+    at once."""
     text = make_text(30_000, seed=3)
     (tmp_path / "book.txt").write_text(text, encoding="utf-8")
-    manifest = prepare([str(tmp_path / "book.txt")], str(tmp_path / "out"), "char", shard_tokens=4000, val_tokens=2500)
+    manifest = prepare([str(tmp_path / "book.txt")], str(tmp_path / "out"), "char", shard_tokens=shard_tokens,
+                       val_tokens=2500)
     tokenizer = load_tokenizer(tmp_path / "out" / "tokenizer.json")
     both = np.concatenate([split_tokens(tmp_path / "out", "val"), split_tokens(tmp_path / "out", "train")])
     assert both.tolist() == tokenizer.encode("\n\n" + text)
     assert manifest["splits"]["val"]["tokens"] == 2500
-    assert [s["tokens"] for s in manifest["splits"]["train"]["shards"]][:-1] == [4000] * 6
+    assert [s["tokens"] for s in manifest["splits"]["val"]["shards"]] == val_shards
+    assert [s["tokens"] for s in manifest["splits"]["train"]["shards"]][:-1] == train_shards
 
 
 def test_any_number_of_workers_writes_the_same_bytes(tmp_path, bpe_file, monkeypatch):

@@ -12,7 +12,7 @@ well-known "tiny Shakespeare"). The converted text is cached under `data/.cache/
 
 Who calls it: `dataloader.prepare_data` (the text to train on) and `tokenizer.py` (the vocabulary of the
 module-level `encode`/`decode`, which is the default text's). Its `CACHE_DIR` is the default of `--cache-dir`
-(engine/config.py, engine/checkpoint.py, the benchmarks).
+(engine/config.py, engine/checkpoint.py, engine/tokenizers.py, prepare.py, the benchmarks).
 """
 
 from __future__ import annotations
@@ -94,17 +94,19 @@ def markdown_play_to_text(markdown: str) -> str:
 
 
 def read_documents(path: str | os.PathLike) -> list[str]:
-    """The texts to train on: one file, or every `*.txt` file of a folder (sorted by name)."""
+    """The texts to train on: one file, or every `*.txt` file of a folder (sorted by name; hidden files, such
+    as the `._name.txt` a Mac leaves beside each file, and empty files are left out, as prepare.py does)."""
     path = Path(path)
     if not path.is_dir():
         return [read_text(path)]
-    files = sorted(path.glob("*.txt"))
-    if not files:
-        raise UserError(f"the folder {path} has no *.txt files to train on")
-    return [read_text(file) for file in files]
+    files = sorted(file for file in path.glob("*.txt") if not file.name.startswith("."))
+    documents = [text for text in (read_text(file, allow_empty=True) for file in files) if text.strip()]
+    if not documents:
+        raise UserError(f"the folder {path} has no *.txt files with text to train on")
+    return documents
 
 
-def read_text(path: str | os.PathLike) -> str:
+def read_text(path: str | os.PathLike, allow_empty: bool = False) -> str:
     """Read a UTF-8 training text, or raise a `UserError` that says what is wrong with the file."""
     path = Path(path)
     if not path.exists():
@@ -122,6 +124,6 @@ def read_text(path: str | os.PathLike) -> str:
             f"{path} is not UTF-8 text (invalid byte 0x{raw[err.start]:02x} at offset {err.start}); "
             "re-save it as UTF-8"
         ) from None
-    if not text.strip():
+    if not text.strip() and not allow_empty:
         raise UserError(f"{path} is empty (or only whitespace); put some text in it")
     return text

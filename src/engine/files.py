@@ -32,18 +32,25 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to a temporary file beside `path`, then rename it into place.
 
     A rename within one folder is atomic: a reader (or a crash) sees either the old file or the new
-    one, never half of each. `fsync` makes sure the bytes are on disk before the rename.
+    one, never half of each. `fsync` makes sure the bytes are on disk before the rename. A write that fails
+    (a full disk, Ctrl-C) removes its temporary file; only `kill -9` can leave one behind.
     """
     path = Path(path)
     if path.parent.exists() and not path.parent.is_dir():
         raise UserError(f"cannot write {path}: {path.parent} is a file, not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise UserError(f"cannot write {path}: {err.strerror or err}; the previous file is untouched") from None
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -11,7 +11,8 @@
 Every document is stored after a *document prefix*: the end-of-text token when the tokenizer has one
 (GPT-2's convention, and llm.c's: `<|endoftext|>` comes before each document), else the tokens of the
 tokenizer's document separator (a blank line for the character tokenizer). A shard ends on a document
-boundary, unless one document is longer than a shard: then it continues in the next one.
+boundary, unless that would leave it less than half full (a document longer than half a shard): then the
+document is cut between two tokens and continues in the next one.
 
 `manifest.json` holds: the format version, whether preparation finished (`complete`), the tokenizer
 (file, sha256, kind, vocab_size, eot_id), the document prefix, the settings it was prepared with, the
@@ -23,7 +24,8 @@ llm.c and modded-nanogpt distribute FineWeb already tokenized with GPT-2's token
 header of 256 int32 (magic 20240520, version 1, token count), then the ids as uint16. `read_llmc_bin` reads
 them, so such shards can be used without tokenizing anything.
 
-Who uses it: `prepare.py` (writes), `dataloader.py` (`PreparedData`, `ShardLoader`) and `evaluate.py` (read).
+Who uses it: `prepare.py` (writes), `dataloader.py` (`PreparedData`, `ShardLoader`) and `evaluate.py` (read),
+`engine/sources.py` (llm.c's `.bin` shards).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ Two problems appear as soon as text is printed token by token:
   its end arrives. `Continuation` searches all the text generated so far (`find_stop`) and holds back the
   last few characters until they are known not to begin a stop string.
 
-Who uses it: `sample.py` (`--stream`, `--stop`, `--interactive`, `--num-samples`).
+Who uses it: `sample.py` (`--stream`, `--stop`, `--interactive`, `--num-samples`), `playground.py`
+(`StreamDecoder`, text as it is generated).
 """
 
 from __future__ import annotations
