@@ -34,15 +34,16 @@ from src.sampling import apply_repetition_penalty, check_sampling_args, sample_n
 from src.tokenizer import Tokenizer
 
 
-def make_generators(seed: int | list[int] | None, batch_size: int, device) -> list[torch.Generator] | None:
+def make_generators(seed: int | list[int] | None, batch_size: int) -> list[torch.Generator] | None:
     """One random generator per row. Row i with seed s draws the same tokens whether it is generated
-    alone or in a batch, so `--num-samples 4` gives the same 4 texts as 4 single runs with seeds s..s+3."""
+    alone or in a batch, so `--num-samples 4` gives the same 4 texts as 4 single runs with seeds s..s+3.
+    CPU generators on every device: `sampling.draw` draws on the CPU."""
     if seed is None:
         return None
     seeds = [seed + i for i in range(batch_size)] if isinstance(seed, int) else list(seed)
     if len(seeds) != batch_size:
         raise ValueError(f"got {len(seeds)} seeds for a batch of {batch_size}")
-    return [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    return [torch.Generator().manual_seed(s) for s in seeds]
 
 
 @torch.inference_mode()  # no autograd bookkeeping while sampling: faster, and no memory kept
@@ -67,7 +68,7 @@ def generate_steps(
     check_sampling_args(temperature, top_k, top_p, repetition_penalty)
     if idx.dim() != 2 or idx.shape[1] == 0:
         raise ValueError(f"the prompt must be a non-empty (B, T) tensor, got shape {tuple(idx.shape)}")
-    generators = make_generators(seed, idx.shape[0], idx.device)
+    generators = make_generators(seed, idx.shape[0])
     block_size = model.block_size
     cache = model.new_kv_cache(idx.shape[0]) if use_cache else None  # None for the bigram: nothing to cache
 
@@ -95,7 +96,7 @@ def generate_steps(
 def generate_tokens(model, idx: torch.Tensor, max_new_tokens: int, **options) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B, 1), `max_new_tokens` times. idx: (B, T) prompt ids.
 
-    Options as for `generate`. The same loop as `generate_steps`, without the scores.
+    Options as for `generate` (listed there). The same loop as `generate_steps`, without the scores.
     """
     for next_id, _ in generate_steps(model, idx, max_new_tokens, **options):
         yield next_id
@@ -106,7 +107,7 @@ def generate(model, idx, max_new_tokens: int, **options):
 
     idx: a list of ints (returns a list of ints, prompt included) or a LongTensor of shape (B, T)
     (returns a LongTensor of shape (B, T + max_new_tokens)).
-    Options (see `generate_tokens`): temperature (0 = always the likeliest token; higher = more random),
+    Options: temperature (0 = always the likeliest token; higher = more random),
     top_k (sample among the k likeliest), top_p (among the smallest set with probability >= p),
     seed (reproducible; an int, or one per row), repetition_penalty, use_cache.
     """

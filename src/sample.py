@@ -120,6 +120,8 @@ def read_prompt(args) -> str:
         raise UserError(f"prompt file not found: {path}") from None
     except UnicodeDecodeError as err:
         raise UserError(f"prompt file {path} is not UTF-8 (bad byte at offset {err.start})") from None
+    except OSError as err:  # a folder, no permission to read
+        raise UserError(f"cannot read prompt file {path}: {err.strerror}") from None
 
 
 def unescape(text: str) -> str:

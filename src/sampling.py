@@ -8,7 +8,8 @@ size), so each idea can be read, tested and combined on its own:
     apply_temperature         sharpen (< 1) or flatten (> 1) the distribution
     top_k_filter              keep only the k highest logits
     top_p_filter              keep the smallest set of likeliest tokens holding probability mass >= p
-    sample_next_token         all of the above in the usual order, then a random draw (or argmax)
+    sample_next_token         temperature, top-k, top-p, then a random draw (or argmax); the repetition
+                              penalty, which needs the row's tokens, comes before it (generate.py)
     draw                      the random draw: one token per row, with the given probabilities
 
 Filters never renormalise or sample: they set the logits of dropped tokens to -inf, so a later softmax
@@ -185,14 +186,16 @@ def draw(
     u = (1 - r) * total with r uniform in [0, 1) lies in (0, total], so u > 0 skips zero-probability
     tokens at the start, a zero-probability token i is never first with cumsum[i] >= u (its sum equals
     its predecessor's), and u <= total always finds a token.
+    The draw happens on the CPU, with CPU generators, whatever device made `probs`: a seed then gives the same
+    tokens on every device, and Apple's GPUs (mps) have no float64.
     """
     B = probs.size(0)
     if generator is None or isinstance(generator, torch.Generator):
-        r = torch.rand(B, 1, generator=generator, dtype=torch.float64, device=probs.device)  # (B, 1)
+        r = torch.rand(B, 1, generator=generator, dtype=torch.float64)  # (B, 1)
     elif len(generator) == B:  # row i from its own generator, as if it were drawn alone
-        r = torch.cat([torch.rand(1, 1, generator=g, dtype=torch.float64, device=probs.device) for g in generator])
+        r = torch.cat([torch.rand(1, 1, generator=g, dtype=torch.float64) for g in generator])
     else:
         raise ValueError(f"got {len(generator)} generators for a batch of {B} rows")
-    cdf = probs.double().cumsum(dim=-1)  # (B, V) running total
+    cdf = probs.double().cpu().cumsum(dim=-1)  # (B, V) running total
     u = (1.0 - r) * cdf[:, -1:]  # (B, 1) in (0, total]
-    return torch.searchsorted(cdf, u)  # (B, 1): first i with cdf[i] >= u
+    return torch.searchsorted(cdf, u).to(probs.device)  # (B, 1): first i with cdf[i] >= u

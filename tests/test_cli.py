@@ -236,9 +236,10 @@ def test_failed_training_leaves_an_existing_checkpoint_alone(trained_run, run_cl
         (["--max-new-tokens", "-1"], ["--max-new-tokens"]),
         (["--num-samples", "0"], ["--num-samples"]),
         (["--prompt-file", "/nonexistent/prompt.txt"], ["prompt file not found"]),
+        (["--prompt-file", "/"], ["cannot read prompt file /", "directory"]),
     ],
     ids=["unknown-chars", "temperature", "top-k", "top-p-0", "top-p-1.5", "max-new-tokens", "num-samples",
-         "prompt-file"],
+         "prompt-file", "prompt-file-folder"],
 )
 def test_bad_sampling_input_is_one_line_error_and_checkpoint_is_unchanged(trained_run, run_cli, digest, args, words):
     out_dir = trained_run[0]

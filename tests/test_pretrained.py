@@ -410,13 +410,11 @@ def test_finetune_from_a_hugging_face_folder_with_the_gpt2_tokenizer_fallback(tm
     env.update(GPT2_TOKENIZER_DIR=str(tokenizer_dir), OMP_NUM_THREADS="2", HF_HUB_OFFLINE="1",
                GPT_SCRATCH_CACHE=str(cache))
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "src/train.py", "--init-from", str(base), "--data", str(data), "--out-dir", str(out),
-         "--max-iters", "6", "--eval-interval", "3", "--eval-iters", "2", "--block-size", "32",
-         "--batch-size", "2", "--sample-tokens", "10", "--lr", "1e-3", "--device", "cpu", "--dtype", "float32",
-         "--peak-flops", "1e12"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )
+    flags = ["--init-from", str(base), "--data", str(data), "--out-dir", str(out), "--eval-interval", "3",
+             "--eval-iters", "2", "--block-size", "32", "--batch-size", "2", "--sample-tokens", "10", "--lr", "1e-3",
+             "--device", "cpu", "--dtype", "float32", "--peak-flops", "1e12"]
+    proc = subprocess.run([sys.executable, "src/train.py", *flags, "--max-iters", "6"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert "--- samples before fine-tuning ---" in proc.stdout
@@ -445,3 +443,9 @@ def test_finetune_from_a_hugging_face_folder_with_the_gpt2_tokenizer_fallback(tm
         assert sample.returncode == 0, sample.stderr
         assert sample.stdout.startswith("The queen")
         assert len(sample.stdout) > len("The queen\n")
+
+    # Resumed, the model is no longer the one before fine-tuning: no samples under that title.
+    resumed = subprocess.run([sys.executable, "src/train.py", *flags, "--max-iters", "7", "--resume"],
+                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "before fine-tuning" not in resumed.stdout and "--- samples after fine-tuning ---" in resumed.stdout

@@ -62,6 +62,13 @@ def test_out_dir_that_is_a_file_is_one_line(run_cli, tmp_path, text_file):
     assert taken.read_text() == "my notes"  # untouched
 
 
+def test_an_out_dir_it_cannot_write_in_is_one_line(run_cli, tmp_path, text_file):
+    out = tmp_path / "out"
+    (out / ".lock").mkdir(parents=True)  # the lock file cannot be opened (root ignores a read-only folder)
+    proc = run_cli("src/train.py", *tiny_flags(text_file, out, tmp_path / "cache", "--max-iters", "2"))
+    one_line_error(proc, 1, "cannot write in --out-dir", str(out))
+
+
 def test_a_second_run_on_the_same_folder_is_refused_and_a_killed_runs_lock_is_stale(tmp_path, text_file, cli_env,
                                                                                   run_cli):
     out, cache = tmp_path / "out", tmp_path / "cache"

@@ -1,12 +1,13 @@
 """Checkpoint folders: saving a model with its tokenizer, loading both back, and a run's hold on its folder.
 
 A checkpoint folder holds:
-    config.json              GPT-2's config, as Hugging Face writes it (model_type "gpt2")
+    config.json              GPT-2's config, as Hugging Face writes it (model_type "gpt2"; a bigram's
+                             folder: "bigram", which only this project reads)
     model.safetensors        the weights, under Hugging Face's names and layout
     scratch_tokenizer.json   our tokenizer (char or BPE), so sampling needs nothing but this folder
     training.json            our training metadata: step, losses, the training settings
 
-So `transformers.GPT2LMHeadModel.from_pretrained(folder)` loads what `train.py` saved, and
+So `transformers.GPT2LMHeadModel.from_pretrained(folder)` loads the GPT that `train.py` saved, and
 `load_pretrained(folder)` here loads a folder that Hugging Face saved, or a released GPT-2 by name
 ("gpt2", downloaded once). How GPT-2's weights map onto our model (the Conv1D transposes, the tied head)
 is model.py's business (`GPT.export`, `GPT.from_pretrained`); this file only moves folders. It is also the
@@ -16,7 +17,9 @@ the right class.
 (Our tokenizer file is not named `tokenizer.json`, because that name means a Hugging Face `tokenizers` file.)
 
 Every file is written to a temporary name and renamed into place, so a crash in the middle of a save
-leaves the previous checkpoint intact; and weights that are not finite are never saved at all.
+leaves each file whole, the previous one or the new one, never a broken one (a crash between two renames
+can leave the new weights beside the previous save's training.json); and weights that are not finite are
+never saved at all.
 
 `RunLock`: a training run holds its output folder, so a second run started on the same folder is refused
 instead of interleaving its metrics and checkpoints with the first one's.
@@ -193,7 +196,10 @@ class RunLock:
             raise UserError(f"--out-dir {folder} is a file, or inside one: choose another --out-dir") from None
         except OSError as err:
             raise UserError(f"cannot create --out-dir {folder}: {err.strerror}") from None
-        self.file = open(self.path, "a+", encoding="utf-8")  # held open until __exit__
+        try:
+            self.file = open(self.path, "a+", encoding="utf-8")  # held open until __exit__
+        except OSError as err:  # a read-only folder, someone else's
+            raise UserError(f"cannot write in --out-dir {folder}: {err.strerror}") from None
         if not self._acquire():
             holder = self._holder()
             self.file.close()

@@ -9,8 +9,8 @@ at once (the Hub client on its own would spend half a minute retrying before say
 GPT-2 comes in four sizes; the names map to the official repositories:
     gpt2 (124M), gpt2-medium (355M), gpt2-large (774M), gpt2-xl (1.5B)
 
-Who uses it: `model.py` (`GPT.from_pretrained("gpt2")`), `engine/checkpoint.py` (a released model by name,
-GPT-2's tokenizer files).
+Who uses it: `model.py` (`GPT.from_pretrained("gpt2")`), `engine/checkpoint.py` and `sample.py` (a released
+model by name), `engine/tokenizers.py` (GPT-2's tokenizer files).
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ class Int8Linear(nn.Module):
         q, scale = quantize_rows(linear.weight)
         self.register_buffer("weight_int8", q)  # (out, in)
         self.register_buffer("scale", scale)  # (out,)
-        self.register_buffer("scale_bf16", scale.bfloat16())  # (out,) the form the decoding kernel takes
+        self.register_buffer("scale_bf16", scale.bfloat16())  # (out,) the form PyTorch's int8 kernel takes
         bias = None if linear.bias is None else linear.bias.detach().float().clone()
         self.register_buffer("bias", bias)  # (out,) or None
         # Our kernel where it compiles (decided here, before any torch.compile traces forward), else PyTorch's
