@@ -417,6 +417,10 @@ class BPETokenizer(Tokenizer):
         missing = [key for key in ("pattern", "special_tokens", "merges", "vocab") if key not in data]
         if missing:
             raise UserError(f"{source} is missing the key(s) {missing}")
+        if not isinstance(data["vocab"], dict) or not isinstance(data["merges"], list):
+            raise UserError(f"{source}: vocab must be an object (token: id) and merges a list of pairs")
+        if data["pattern"] is not None and not isinstance(data["pattern"], str):
+            raise UserError(f"{source}: pattern must be a regular expression (a string) or null")
         return cls.from_token_strings(data["vocab"], data["merges"], data["special_tokens"], data["pattern"], source)
 
     @classmethod
@@ -446,7 +450,7 @@ class BPETokenizer(Tokenizer):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Training, step by step.
+# Loading a saved tokenizer of either kind.
 
 
 def tokenizer_from_dict(data: dict, source: str = "tokenizer file") -> Tokenizer:
@@ -462,6 +466,10 @@ def tokenizer_from_dict(data: dict, source: str = "tokenizer file") -> Tokenizer
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """A tokenizer file saved by this project (`Tokenizer.save`), of either kind."""
     return tokenizer_from_dict(read_json(path, "tokenizer file"), source=str(path))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training, step by step.
 
 
 def _learn_merges(

@@ -300,6 +300,8 @@ class GPT(nn.Module):
         B, T = idx.shape
         if return_attention and cache is not None:
             raise ValueError("return_attention shows a whole sequence: call it without a KV cache")
+        if last_only and targets is not None:
+            raise ValueError("last_only is for generating: a loss needs the logits of every position")
         attention = [] if return_attention else None  # each block appends its (B, nh, T, T) weights
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
@@ -320,8 +322,8 @@ class GPT(nn.Module):
             cache.pos += T
         if last_only:
             x = x[:, -1:, :]  # (B, 1, C)
-        x = self.transformer.ln_f(x)  # (B, T, C)
-        logits = self.lm_head(x)  # (B, T, V)
+        x = self.transformer.ln_f(x)  # (B, T, C), or (B, 1, C) with last_only
+        logits = self.lm_head(x)  # (B, T, V), or (B, 1, V)
         loss = None
         if targets is not None:
             # Cross-entropy in float32 even under bf16 autocast: the log-softmax over V needs the precision.

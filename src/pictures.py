@@ -23,10 +23,11 @@ one prompt, with nothing but its weights and one forward pass:
 The bigram model has no attention and no positions (it looks at one token), so it gets three pictures; its
 "embedding" is its whole table, row i = the scores of the token after token i.
 
-Each picture is two steps: a small function computes the numbers (`attention_maps`, `next_token_probs`,
-`embedding_projection`, `position_similarity`, `token_spans`) from the model or tokenizer, and a `draw_*`
-function of engine/drawing.py turns those numbers into a matplotlib Figure. The tests check the numbers against
-the model's own forward pass; the drawing only has to show them.
+Each picture is two steps: a small function computes the numbers from the model or tokenizer
+(`attention_maps`, `next_token_distribution`, `principal_components`, `position_similarity`, `token_groups`;
+`next_token_probs`, `embedding_projection` and `token_spans` give the same numbers in the handier form the
+tutorial uses), and a `draw_*` function of engine/drawing.py turns those numbers into a matplotlib Figure. The
+tests check the numbers against the model's own forward pass; the drawing only has to show them.
 
 Long prompts are cropped: the model sees at most its context (`block_size`) of tokens, and an attention
 grid of more than 64 tokens is too fine to read, so attention.png shows the last ones and says so.
@@ -270,8 +271,8 @@ def embedding_labels(tokenizer: Tokenizer, vocab_size: int) -> tuple[dict[int, s
     if not chosen:  # every token is one byte or one character: label the first ones
         chosen = {t: token_label(tokenizer, t) for t in range(MAX_EMBEDDING_LABELS)}
         return chosen, f"labels: the first {len(chosen)} of {vocab_size} tokens"
-    return chosen, (f"labels: the first {len(chosen)} tokens longer than one byte, of {vocab_size} "
-                    "(a BPE learns the commonest pairs first)")
+    why = " (a BPE learns the commonest pairs first)" if tokenizer.kind == "bpe" else ""
+    return chosen, f"labels: the first {len(chosen)} tokens longer than one byte, of {vocab_size}{why}"
 
 
 def embeddings_picture(model, tokenizer: Tokenizer, where: str):

@@ -383,6 +383,12 @@ def look_inside(model, tokenizer, ids: list[int], position: int, k: int, layer: 
 # --- the server ----------------------------------------------------------------------------------------------
 
 
+def local_names(host: str) -> list[str]:
+    """The names a request to this machine may carry: `LOCAL_HOSTS`, and the loopback address served on (any of
+    127.0.0.0/8, as the browser writes it in the Host header: an IPv6 one in brackets)."""
+    return [*LOCAL_HOSTS, host, f"[{host}]"] if ":" in host else [*LOCAL_HOSTS, host]
+
+
 def host_warning(host: str) -> str | None:
     """A warning for a host other machines can reach (None for this machine only: 127.0.0.1, ::1, localhost)."""
     try:
@@ -482,7 +488,7 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = Path(args.out_dir)
     warning = host_warning(args.host)
     app = make_app(out_dir, args.max_prompt_chars, args.max_new_tokens,
-                   allowed_hosts=None if warning else LOCAL_HOSTS)
+                   allowed_hosts=None if warning else local_names(args.host))
     app.state.models.get(default_stage(out_dir))  # a broken checkpoint is an error now, not on the first page
     if warning:
         print(warning, file=sys.stderr)

@@ -527,6 +527,10 @@ def test_pattern_none_round_trips(tmp_path):
         ({"vocab": {"a": 0}, "merges": []}, "lacks 255 of the 256 single-byte tokens"),
         ({"vocab": {"☃": 0}, "merges": []}, "not in GPT-2's byte alphabet"),
         ({"pattern": "(unclosed"}, "invalid pre-tokenization pattern"),
+        ({"pattern": 5}, "pattern must be a regular expression"),
+        ({"pattern": ["a"]}, "pattern must be a regular expression"),
+        ({"merges": "ab"}, "merges a list of pairs"),
+        ({"vocab": ["a"]}, "vocab must be an object"),
         ({"special_tokens": {EOT: 97}}, "special token ids must be unique"),
     ],
 )

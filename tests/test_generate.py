@@ -260,6 +260,8 @@ def test_last_only_returns_the_last_position_of_a_full_forward(gpt):
         last, _ = gpt(idx, cache=gpt.new_kv_cache(2), last_only=True)
     assert last.shape == (2, 1, V)
     torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="a loss needs the logits of every position"):
+        gpt(idx, targets=idx, last_only=True)  # one position's logits cannot be scored against T targets
 
 
 def test_the_cache_refuses_to_overflow_the_context(gpt):

@@ -235,7 +235,10 @@ def test_a_large_vocabulary_labels_its_longer_tokens(bpe_tokenizer, monkeypatch)
     monkeypatch.setattr(src.pictures, "MAX_EMBEDDING_LABELS", 20)
     labels, which = embedding_labels(bpe_tokenizer, bpe_tokenizer.vocab_size)
     assert list(labels) == list(range(256, 276))  # the first 20 merges: the commonest pairs
-    assert "the first 20 tokens longer than one byte" in which
+    assert "the first 20 tokens longer than one byte" in which and "commonest pairs" in which
+    wide = CharTokenizer.from_text("ab" + "".join(chr(0x4E00 + i) for i in range(30)))  # 32 characters, CJK
+    labels, which = embedding_labels(wide, wide.vocab_size)  # ids by code point: neither BPE nor commonest
+    assert len(labels) == 20 and "commonest" not in which
 
 
 # --- the pictures ------------------------------------------------------------------------------------------------

@@ -447,6 +447,15 @@ def test_a_host_other_machines_can_reach_gets_a_warning(host, public):
         assert "other machines" in warning and "\n" not in warning
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2"])
+def test_served_on_a_loopback_address_the_page_answers_at_it_and_refuses_other_names(runs, host):
+    """Every 127.x.y.z is this machine (no warning): the browser then sends that address as the Host."""
+    app = playground.make_app(runs["char"], allowed_hosts=playground.local_names(host))
+    with TestClient(app, base_url=f"http://{host}:8000") as client:
+        assert client.get("/api/stages").status_code == 200
+        assert client.get("/api/stages", headers={"Host": "attacker.example"}).status_code == 400
+
+
 def test_an_output_folder_without_a_model_is_a_one_line_error(run_cli, tmp_path):
     (tmp_path / "empty").mkdir()
     for folder in (tmp_path / "empty", tmp_path / "missing"):

@@ -177,7 +177,7 @@ def _char_class(label: str) -> str:
     """What a token starts with (after any spaces): for colouring the embedding picture."""
     text = label.lstrip("␣")
     if not text:
-        return "space or line break" if label else "other"
+        return "space or line break" if label else "punctuation / other"
     first = text[0]
     if first in "⏎→␍":
         return "space or line break"
