@@ -196,6 +196,6 @@ def draw(
         r = torch.cat([torch.rand(1, 1, generator=g, dtype=torch.float64) for g in generator])
     else:
         raise ValueError(f"got {len(generator)} generators for a batch of {B} rows")
-    cdf = probs.double().cpu().cumsum(dim=-1)  # (B, V) running total
+    cdf = probs.cpu().double().cumsum(dim=-1)  # (B, V) running total (to the CPU first: mps has no float64)
     u = (1.0 - r) * cdf[:, -1:]  # (B, 1) in (0, total]
     return torch.searchsorted(cdf, u).to(probs.device)  # (B, 1): first i with cdf[i] >= u
