@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 import httpx
 import pytest
@@ -448,10 +449,15 @@ def test_a_host_other_machines_can_reach_gets_a_warning(host, public):
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2"])
-def test_served_on_a_loopback_address_the_page_answers_at_it_and_refuses_other_names(runs, host):
-    """Every 127.x.y.z is this machine (no warning): the browser then sends that address as the Host."""
-    app = playground.make_app(runs["char"], allowed_hosts=playground.local_names(host))
-    with TestClient(app, base_url=f"http://{host}:8000") as client:
+def test_served_on_a_loopback_address_the_page_answers_at_it_and_refuses_other_names(runs, host, monkeypatch):
+    """Every 127.x.y.z is this machine (no warning): the browser then sends that address as the Host. The app
+    is the one `main` builds for `--host` (its server replaced by one that keeps the app)."""
+    served = {}
+    monkeypatch.setattr(playground, "listen", lambda host, port: None)
+    keep = lambda app, sock: types.SimpleNamespace(run=lambda: served.update(app=app))  # noqa: E731
+    monkeypatch.setattr(playground, "Server", keep)
+    playground.main(["--out-dir", str(runs["char"]), "--host", host])
+    with TestClient(served["app"], base_url=f"http://{host}:8000") as client:
         assert client.get("/api/stages").status_code == 200
         assert client.get("/api/stages", headers={"Host": "attacker.example"}).status_code == 400
 

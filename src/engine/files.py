@@ -46,10 +46,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException as err:
+    except OSError as err:  # a full disk, a read-only folder
         tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise UserError(f"cannot write {path}: {err.strerror or err}; the previous file is untouched") from None
+        raise UserError(f"cannot write {path}: {err.strerror or err}; the previous file is untouched") from None
+    except BaseException:  # Ctrl-C: the temporary file goes too
+        tmp.unlink(missing_ok=True)
         raise
 
 
