@@ -29,8 +29,8 @@ What the flags do:
   (and, without a C compiler, PyTorch's int8 kernel is used, which rounds a little differently).
 - `--fast` runs each one-token step of a GPT as one call to C (`engine/decode_step.py`, compiled on first
   use in about a second): the layer norms, attention over the cache and GELU around products that read
-  each weight once. On a CPU each token then comes faster, for small and large models alike (see the
-  README's benchmarks); the text is the same up to the order of additions. A text uses the C step for its
+  each weight once. On a CPU each token then comes faster, for small and large models alike (see
+  `bench/README.md`); the text is the same up to the order of additions. A text uses the C step for its
   first block_size tokens (past the context every step re-reads it, as a prompt). With `--int8` the C
   step reads the int8 weights: `--int8`'s text up to rounding, faster.
 

@@ -1,5 +1,6 @@
 """The README's code must work as written: the Python snippets run verbatim, the Quick start is two commands,
-the file table is the reading path, in order, and each ablation's mean is the mean of its seeds."""
+the file table is the reading path, in order; bench/README.md's ablation means are the means of their seeds, and
+every figure the README's benchmark summary quotes is one of bench/README.md's."""
 
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ def code_blocks(text: str, language: str) -> list[str]:
 @pytest.fixture(scope="module")
 def readme(repo_root) -> str:
     return (repo_root / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def bench_readme(repo_root) -> str:
+    return (repo_root / "bench" / "README.md").read_text(encoding="utf-8")
 
 
 def test_use_it_from_python_snippet_runs_verbatim(readme, repo_root):
@@ -112,15 +118,31 @@ def seed_tables(readme: str) -> list[list[list[str]]]:
     return tables
 
 
-def test_every_ablation_mean_is_the_mean_of_its_seeds(readme):
+def test_every_ablation_mean_is_the_mean_of_its_seeds(readme, bench_readme):
     """The ablation tables' means are typed by hand from the benchmark's per-seed losses: each must be their
     mean to the 4 decimals shown, or a row (and what the text concludes from it) is wrong."""
-    tables = seed_tables(readme)
-    assert len(tables) >= 3, "the README's ablation tables were not found"
+    tables = seed_tables(readme) + seed_tables(bench_readme)
+    assert len(seed_tables(bench_readme)) >= 10, "bench/README.md's ablation tables were not found"
     for header, _separator, *rows in tables:
         seeds = [i for i, c in enumerate(header) if re.fullmatch(r"seed \d+", c)]
         mean = header.index("mean")
         for row in rows:
             values = [float(row[i]) for i in seeds]
             stated = float(row[mean].strip("*"))
-            assert abs(sum(values) / len(values) - stated) <= 0.00006, f"README ablation row {row}: mean {stated}"
+            assert abs(sum(values) / len(values) - stated) <= 0.00006, f"ablation row {row}: mean {stated}"
+
+
+def figures(text: str) -> set[str]:
+    """The numbers a text states (1.4793, 2,033, 2.28x, 99%), as written."""
+    return set(re.findall(r"(?<![\w.])\d(?:[\d,]*\d)?(?:\.\d+)?(?:x|%)?(?![\w])", text))
+
+
+def test_the_benchmark_summary_quotes_bench_readme(readme, bench_readme):
+    """The README keeps the headline figures and bench/README.md the tables they come from: a figure in the
+    summary that bench/README.md does not state was mistyped, or outlived the table it came from."""
+    summary = section(readme, "Benchmarks")
+    assert "bench/README.md" in summary
+    stated = figures(bench_readme)
+    missing = sorted(f for f in figures(summary) if f not in stated)
+    assert not missing, f"README's benchmark figures not in bench/README.md: {missing}"
+    assert len(figures(summary)) >= 30

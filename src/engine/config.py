@@ -112,8 +112,8 @@ PRESETS: dict[str, dict] = {
     # ~50% more steps than 128 and won on every seed (3 layers of 128 did as well on the mean); batch 32
     # rather than 16 halves the share of Muon's per-step cost and its gradient noise; and the schedule
     # decays to 0 rather than to a tenth (a small gain, but on every seed). Context 256 at batch 16 lost on
-    # every seed; 2 heads of 64 instead of 4 of 32 (at 128 wide) gained nothing beyond the noise (README:
-    # the ablations). Weight decay 0.1 sets the size Muon's matrices settle at: 0, 0.03 and 0.3 lost (one seed; 0 by
+    # every seed; 2 heads of 64 instead of 4 of 32 (at 128 wide) gained nothing beyond the noise (`bench/README.md`:
+    # "Time to quality"). Weight decay 0.1 sets the size Muon's matrices settle at: 0, 0.03 and 0.3 lost (one seed; 0 by
     # 0.028). AdamW's rate (embeddings, biases, gains) 8e-3 rather than 4e-3 won five seeds of six, by 0.006 on
     # the mean. float32: below 256 wide, bf16's conversions cost more than its faster products save.
     "quality-300s": dict(

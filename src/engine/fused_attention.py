@@ -6,7 +6,7 @@ PyTorch's fused attention and the copies around it (splitting qkv into heads, an
 each way) took about a quarter of a training step. attention.c reads the heads straight from qkv (B, T, 3C) and
 writes straight to (B, T, C), forward and backward, with the products done in blocks that stay in vector
 registers: 1.60-1.64x faster forward and backward, and with gelu.c the whole step 1.23-1.24x, in two runs on a
-2-core AMD EPYC Zen 3 (`python bench/train_speed.py --levers`, README "Benchmarks").
+2-core AMD EPYC Zen 3 (`python bench/train_speed.py --levers`, `bench/README.md`).
 
 What changes. Nothing but float32 rounding: the output and the gradient are checked against attention in
 float64 (tests/test_fused_attention.py). Each head is computed by one thread in a fixed order, so a run on the

@@ -54,7 +54,7 @@ def cpu_has_native_bf16() -> bool:
 # The narrowest model for which a CPU's bfloat16 pays. Each bf16 product first converts its inputs, and for
 # narrow matrices those conversions cost more than the faster products save: on the Intel Xeon with AMX the
 # 128-wide models ran slower in bf16 than in float32, the 256-wide default of the time about twice as fast,
-# and the user's 384-wide shape at 2.8x nanoGPT's float32 step (README, "Performance").
+# and the user's 384-wide shape at 2.8x nanoGPT's float32 step (`bench/README.md`, "Training").
 CPU_BF16_MIN_D_MODEL = 256
 
 
