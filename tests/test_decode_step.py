@@ -179,6 +179,46 @@ def test_weights_it_would_misread_are_refused():
         CDecoding(model).generate(torch.tensor([[1, 2]]), 2)
 
 
+def test_logits_are_float32_on_the_cpu_whatever_the_defaults():
+    """The C step writes float32: its buffer must be float32 even where torch's default dtype is not."""
+    model = spread_model()
+    prompt = torch.tensor([[1, 2, 3]])
+    expected = model.generate(prompt, 20, temperature=0)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        cache = model.new_kv_cache(1)
+        model(prompt, cache=cache)
+        logits, _ = CDecoding(model)(torch.tensor([[4]]), cache=cache)
+        assert logits.dtype == torch.float32 and logits.shape == (1, 1, 70)
+        assert torch.equal(CDecoding(model).generate(prompt, 20, temperature=0), expected)
+    finally:
+        torch.set_default_dtype(before)
+
+
+def test_weights_that_move_after_the_first_step_are_read_again():
+    """The C code holds the weights' addresses: when the model's tensors are replaced (a dtype round trip, a
+    new `.data`), the next step must read the new ones, never the freed memory of the old."""
+    model, fresh = spread_model(), spread_model(seed=1)
+    stepped, prompt = CDecoding(model), torch.tensor([[1, 2, 3]])
+    assert torch.equal(stepped.generate(prompt, 10, temperature=0), model.generate(prompt, 10, temperature=0))
+    model.to(torch.bfloat16).float()  # every tensor replaced by a copy: the old storage is freed
+    with torch.no_grad():
+        for mine, theirs in zip(model.parameters(), fresh.parameters(), strict=True):
+            mine.data = theirs.data.clone()  # new storage again, and other values
+    assert torch.equal(stepped.generate(prompt, 30, temperature=0), fresh.generate(prompt, 30, temperature=0))
+
+
+def test_a_cache_of_another_shape_is_refused():
+    """C writes each key and value at (B, n_head, block_size, head size): a cache laid out otherwise would be
+    written out of bounds."""
+    model, other = spread_model(), GPT(GPTConfig(**{**CONFIG, "block_size": 20}))
+    cache = other.new_kv_cache(1)
+    model(torch.tensor([[1]]), cache=cache)
+    with pytest.raises(ValueError, match=r"a cache of another model"):
+        CDecoding(model)(torch.tensor([[2]]), cache=cache)
+
+
 def test_a_model_without_a_cache_decodes_as_it_always_does():
     """The bigram has no KV cache, so no one-token step: the wrapper changes nothing (as `sample.py --fast`
     on a bigram checkpoint)."""

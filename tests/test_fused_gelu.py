@@ -96,6 +96,22 @@ def test_nan_stays_nan_and_zero_is_zero(flags):
     assert y[4] == y[41] == 0
 
 
+def test_a_nan_or_infinite_gradient_stays_nan_at_both_far_ends(flags):
+    """Far left the slope is 0 and far right 1, but not by dropping dy: a broken step's NaN or infinite gradient
+    must come through, as NaN (0 * inf) or itself, as PyTorch's GELU passes it on, for the training loop to see."""
+    n, bad_at = 70, [3, 35, 40, 69]  # in the first block, the second, and the tail after the whole blocks
+    half = torch.full((n // 2,), 20.0)  # z > 87; its negative z < -87
+    for x in (torch.cat([-half, half]), torch.cat([half, -half])):
+        for bad in (float("nan"), float("inf")):
+            dy = torch.ones(n)
+            dy[bad_at] = bad
+            dx = fused_gelu.backward(x, dy, flags)
+            left, right = [i for i in bad_at if x[i] < 0], [i for i in bad_at if x[i] > 0]
+            assert dx[left].isnan().all(), (x[left], dx[left])
+            assert (dx[right].isnan() if math.isnan(bad) else dx[right] == bad).all(), (x[right], dx[right])
+            assert int(dx.isfinite().sum()) == n - len(bad_at)
+
+
 def test_negative_inputs_are_close_relative_to_their_small_values(flags):
     """Left of 0, gelu(x) and its slope shrink towards 0: an absolute bound would let a wrong small value
     through, so these are held relative to themselves too. The reference is the same formula written with

@@ -81,33 +81,36 @@ def version(extra_flags: tuple[str, ...] = ()) -> str:
     return KERNEL.library(extra_flags).decode_step_version().decode()
 
 
-def _address(t: torch.Tensor, what: str, dtypes=(torch.float32,)) -> int:
-    """The address of a tensor the C code reads as a plain array of one of `dtypes`; refuses anything else."""
+def _address(t: torch.Tensor, what: str, dtypes=(torch.float32,), read: list | None = None) -> int:
+    """The address of a tensor the C code reads as a plain array of one of `dtypes`; refuses anything else.
+    `read` collects (tensor, address): the tensors stay alive while the C code holds their addresses."""
     if t.dtype not in dtypes or not t.is_cpu or not t.is_contiguous():
         raise ValueError(f"the C decoding step reads {' or '.join(str(d).removeprefix('torch.') for d in dtypes)} "
                          f"tensors, contiguous on the CPU; {what} is {t.dtype} {tuple(t.shape)} on {t.device}"
                          + ("" if t.is_contiguous() else ", not contiguous"))
+    if read is not None:
+        read.append((t, t.data_ptr()))
     return t.data_ptr()
 
 
-def _linear(layer: nn.Module, name: str) -> _Linear:
+def _linear(layer: nn.Module, name: str, read: list) -> _Linear:
     """A linear layer as the C step reads it: float32 or bfloat16 weights (out, in), or int8 ones with their
     scales."""
-    bias = None if layer.bias is None else _address(layer.bias, f"{name}.bias")
+    bias = None if layer.bias is None else _address(layer.bias, f"{name}.bias", read=read)
     if isinstance(layer, Int8Linear):
-        return _Linear(_address(layer.weight_int8, f"{name}.weight_int8", (torch.int8,)),
-                       _address(layer.scale, f"{name}.scale"), bias, INT8)
+        return _Linear(_address(layer.weight_int8, f"{name}.weight_int8", (torch.int8,), read),
+                       _address(layer.scale, f"{name}.scale", read=read), bias, INT8)
     if isinstance(layer, (nn.Linear, StreamingLinear)):
-        weight = _address(layer.weight, f"{name}.weight", (torch.float32, torch.bfloat16))
+        weight = _address(layer.weight, f"{name}.weight", (torch.float32, torch.bfloat16), read)
         return _Linear(weight, None, bias, BFLOAT16 if layer.weight.dtype == torch.bfloat16 else FLOAT32)
     raise ValueError(f"the C decoding step takes linear layers with float32, bfloat16 or int8 weights; {name} is "
                      f"{type(layer).__name__}")
 
 
-def _norm(norm: nn.LayerNorm, name: str) -> _Norm:
+def _norm(norm: nn.LayerNorm, name: str, read: list) -> _Norm:
     if norm.eps != 1e-5 or norm.weight is None or norm.bias is None:
         raise ValueError(f"the C decoding step computes LayerNorm with eps 1e-5, a weight and a bias; {name} differs")
-    return _Norm(_address(norm.weight, f"{name}.weight"), _address(norm.bias, f"{name}.bias"))
+    return _Norm(_address(norm.weight, f"{name}.weight", read=read), _address(norm.bias, f"{name}.bias", read=read))
 
 
 class CDecoding(nn.Module):
@@ -116,28 +119,41 @@ class CDecoding(nn.Module):
 
     The model's tensors are read at its first one-token step (a model without a KV cache, the bigram, never
     has one: it decodes as it always does); a model the C step cannot read (float16 weights, a tensor that is
-    not contiguous) raises ValueError there, naming the tensor."""
+    not contiguous) raises ValueError there, naming the tensor. The tensors read are held, so the C code never
+    reads freed memory, and read again when one has moved (`model.to(torch.bfloat16)`, `param.data = ...`);
+    a layer replaced by another is not seen: make a new CDecoding."""
 
     def __init__(self, model: nn.Module, extra_flags: tuple[str, ...] = ()):
         super().__init__()
         self.model, self.extra_flags = model, extra_flags
         self.layout, self.blocks = None, None  # the model as the C code reads it, once read
+        self.read: list[tuple[torch.Tensor, int]] = []  # the tensors behind the layout, and their addresses then
         self.cache = None  # the cache whose tensors the blocks point at
 
     def _read(self, cache) -> None:
-        """Lay the model out for the C code (the first time) and point its blocks at `cache` (a new one)."""
+        """Lay the model out for the C code (the first time, or when a tensor has moved) and point its blocks at
+        `cache` (a new one)."""
+        if self.layout is not None and any(t.data_ptr() != address for t, address in self.read):
+            self.layout, self.cache = None, None
         if self.layout is None:
-            c, t = self.model.config, self.model.transformer
+            c, t, read = self.model.config, self.model.transformer, []
             self.blocks = (_Block * c.n_layer)(*[
-                _Block(_norm(b.ln_1, f"h.{i}.ln_1"), _linear(b.attn.c_attn, f"h.{i}.attn.c_attn"),
-                       _linear(b.attn.c_proj, f"h.{i}.attn.c_proj"), _norm(b.ln_2, f"h.{i}.ln_2"),
-                       _linear(b.mlp.c_fc, f"h.{i}.mlp.c_fc"), _linear(b.mlp.c_proj, f"h.{i}.mlp.c_proj"), None, None)
+                _Block(_norm(b.ln_1, f"h.{i}.ln_1", read), _linear(b.attn.c_attn, f"h.{i}.attn.c_attn", read),
+                       _linear(b.attn.c_proj, f"h.{i}.attn.c_proj", read), _norm(b.ln_2, f"h.{i}.ln_2", read),
+                       _linear(b.mlp.c_fc, f"h.{i}.mlp.c_fc", read), _linear(b.mlp.c_proj, f"h.{i}.mlp.c_proj", read),
+                       None, None)
                 for i, b in enumerate(t.h)])
             self.layout = _Model(c.n_layer, c.n_head, c.d_model, c.block_size, c.vocab_size,
-                                 _address(t.wte.weight, "wte"), _address(t.wpe.weight, "wpe"), self.blocks,
-                                 _norm(t.ln_f, "ln_f"), _linear(self.model.lm_head, "lm_head"))
+                                 _address(t.wte.weight, "wte", read=read), _address(t.wpe.weight, "wpe", read=read),
+                                 self.blocks, _norm(t.ln_f, "ln_f", read), _linear(self.model.lm_head, "lm_head", read))
+            self.read = read
         if cache is not self.cache:  # a new cache (a new text): point the blocks at its tensors
+            c = self.model.config
             for layer, block in enumerate(self.blocks):
+                for name, kv in (("keys", cache.k[layer]), ("values", cache.v[layer])):
+                    if kv.shape[1:] != (c.n_head, c.block_size, c.d_model // c.n_head):  # C writes (B, nh, T, hs)
+                        raise ValueError(f"the cache's {name} {layer} are {tuple(kv.shape)}, not (B, {c.n_head}, "
+                                         f"{c.block_size}, {c.d_model // c.n_head}): a cache of another model")
                 block.k = _address(cache.k[layer], f"the cache's keys {layer}")
                 block.v = _address(cache.v[layer], f"the cache's values {layer}")
             self.cache = cache
@@ -162,7 +178,7 @@ class CDecoding(nn.Module):
         tokens, V = idx[:, 0].to(torch.int64).contiguous(), self.model.config.vocab_size  # (B,)
         if not bool(((tokens >= 0) & (tokens < V)).all()):  # the C code would read outside wte
             raise IndexError(f"a token is outside the vocabulary (0..{V - 1}): {tokens.tolist()}")
-        logits = torch.empty(len(tokens), 1, V)  # (B, 1, V) float32
+        logits = torch.empty(len(tokens), 1, V, dtype=torch.float32, device="cpu")  # (B, 1, V), whatever the defaults
         KERNEL.library(self.extra_flags).decode_step(ctypes.byref(self.layout), tokens.data_ptr(), len(tokens),
                                                      cache.pos, logits.data_ptr(), torch.get_num_threads())
         cache.pos += 1

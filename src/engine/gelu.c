@@ -15,8 +15,9 @@
    and since 1 - s = s e^-z:    d gelu / dx = s (1 + x s e^-z z')
 
    Far from 0 the formulas are not used: where z > 87, gelu(x) = x and its slope is 1; where z < -87, both
-   are 0 (the true values, to float32; e^-z would overflow there). A NaN stays a NaN (the training loop's
-   check for a broken step relies on it). OpenMP shares the elements
+   are 0 (the true values, to float32; e^-z would overflow there), and the gradient is dy * 0, so that a NaN
+   or infinite dy still gives a NaN. A NaN stays a NaN, in x or in dy (the training loop's check for a broken
+   step relies on it). OpenMP shares the elements
    between `threads` threads (PyTorch's count); each element is computed alone, so the result does not
    depend on the number of threads. Compiled with -DGELU_PLAIN, the plain loop is used everywhere (the tests
    check it on machines with AVX2 too). */
@@ -31,7 +32,7 @@
 static inline float gelu_backward_one(float x, float dy) {
     float z = K * x * (1.0f + A * x * x), e = exp_float(-z), s = 1.0f / (1.0f + e);
     float dx = dy * s * (1.0f + x * s * e * K * (1.0f + 3.0f * A * x * x));
-    return z > 87.0f ? dy : (z < -87.0f ? 0.0f : dx);
+    return z > 87.0f ? dy : (z < -87.0f ? dy * 0.0f : dx);
 }
 
 #if defined(__AVX2__) && defined(__FMA__) && !defined(GELU_PLAIN)
@@ -63,17 +64,17 @@ static inline __m256 z_8(__m256 x) {
     return _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(K)), cubic);
 }
 
-/* where z > 87: high; where z < -87: 0; elsewhere (a NaN too): value */
-static inline __m256 far_ends_8(__m256 z, __m256 value, __m256 high) {
+/* where z > 87: high; where z < -87: low; elsewhere (a NaN too): value */
+static inline __m256 far_ends_8(__m256 z, __m256 value, __m256 high, __m256 low) {
     __m256 above = _mm256_cmp_ps(z, _mm256_set1_ps(87.0f), _CMP_GT_OQ);
     __m256 below = _mm256_cmp_ps(z, _mm256_set1_ps(-87.0f), _CMP_LT_OQ);
-    return _mm256_andnot_ps(below, _mm256_blendv_ps(value, high, above));
+    return _mm256_blendv_ps(_mm256_blendv_ps(value, high, above), low, below);
 }
 
 static inline __m256 gelu_8(__m256 x) {
     __m256 z = z_8(x);
     __m256 y = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), exp_8(_mm256_sub_ps(_mm256_setzero_ps(), z))));
-    return far_ends_8(z, y, x);
+    return far_ends_8(z, y, x, _mm256_setzero_ps());
 }
 
 static inline __m256 gelu_backward_8(__m256 x, __m256 dy) {
@@ -81,7 +82,8 @@ static inline __m256 gelu_backward_8(__m256 x, __m256 dy) {
     __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, e));
     __m256 slope = _mm256_fmadd_ps(_mm256_mul_ps(x, x), _mm256_set1_ps(3.0f * A), one);  /* 1 + 3 A x^2 */
     __m256 t = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(x, s), e), _mm256_mul_ps(slope, _mm256_set1_ps(K)));
-    return far_ends_8(z, _mm256_mul_ps(_mm256_mul_ps(dy, s), _mm256_add_ps(one, t)), dy);
+    return far_ends_8(z, _mm256_mul_ps(_mm256_mul_ps(dy, s), _mm256_add_ps(one, t)), dy,
+                      _mm256_mul_ps(dy, _mm256_setzero_ps()));
 }
 
 static void forward_block(const float *x, float *y) {
