@@ -147,6 +147,22 @@ def test_inputs_the_c_code_would_misread_are_refused():
         fused_attention.backward(qkv, y, lse, torch.randn(1, 4, 5), 2)
 
 
+def test_a_context_longer_than_the_kernel_takes_goes_pytorchs_way(monkeypatch):
+    """Past MAX_T positions the kernel's (T, T) buffers would outgrow memory and its C ints: refused if called,
+    and the layer computes as the plain model does, the kernel not called."""
+    monkeypatch.setattr(fused_attention, "MAX_T", 8)
+    with pytest.raises(ValueError, match="T at most 8"):
+        fused_attention.forward(torch.randn(1, 9, 12), 2)
+    calls = []
+    real = fused_attention.causal_attention
+    monkeypatch.setattr(fused_attention, "causal_attention", lambda *a: calls.append(1) or real(*a))
+    plain, fused = gpt_pair()
+    x = torch.randint(0, 11, (2, 16), generator=torch.Generator().manual_seed(9))
+    assert torch.equal(fused(x)[0], plain(x)[0]) and calls == []
+    fused(x[:, :8])
+    assert calls == [1] * 3
+
+
 def gpt_pair(dropout: float = 0.0, attn_dropout: float | None = None) -> tuple[GPT, GPT]:
     config = GPTConfig(vocab_size=11, block_size=16, n_layer=3, n_head=2, d_model=32, dropout=dropout,
                        attn_dropout=attn_dropout)

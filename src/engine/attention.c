@@ -185,7 +185,9 @@ void attention_backward(const float *qkv, const float *y, const float *lse, cons
                 mm(dS + i0 * Tp, Tp, 1, Kh, hsp, G + i0 * hsp, hsp, MIN(i0 + R, T), hsp);  /* dQ = dS K */
             }
             scatter(G, hsp, T, hs, dhead, row);
-            /* dK = dS^T Q and dV = P^T dY: key j gets a share from every query i >= j */
+            /* dK = dS^T Q and dV = P^T dY: key j gets a share from every query i >= j. Rows j0.. of P and dS are
+               read in columns j0 .. j0 + R - 1 only, which the loop above wrote for every row i >= j0 (it writes
+               each row up to n = UP(i0 + R) > j0 + R - 1, zeros past i): nothing uninitialised is read. */
             for (int j0 = 0; j0 < T; j0 += R)
                 mm(dS + j0 * Tp + j0, 1, Tp, Q + j0 * hsp, hsp, G + j0 * hsp, hsp, T - j0, hsp);
             scatter(G, hsp, T, hs, dhead + C, row);

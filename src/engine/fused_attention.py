@@ -15,7 +15,8 @@ same kind of CPU still repeats itself exactly. The gradient has no gradient of i
 How it is used. model.py keeps `CausalSelfAttention` as the reading path; train.py calls
 `use_fused_attention(model)` when it trains on a CPU, which puts a `FusedCausalSelfAttention` in each one's
 place: the same layer, holding the same weights under the same names, that takes the kernel where it applies
-(float32 on the CPU, no autocast, no dropout inside attention, no cache, no weights asked for) and the layer's
+(float32 on the CPU, no autocast, no dropout inside attention, no cache, no weights asked for, a context
+of at most MAX_T) and the layer's
 own forward everywhere else (generating, looking inside, bf16, a GPU). Where the C file does not compile,
 nothing is swapped (a warning says so once).
 
@@ -51,12 +52,19 @@ KERNEL = Kernel(Path(__file__).with_name("attention.c"), _declare, fallback="PyT
                 flags=("-fno-trapping-math",))
 
 
+# The longest sequence the kernel takes. Its backward pass holds two (T, T) float32 matrices per thread (128 MiB
+# each thread at 4,096) and indexes them with C ints; a longer context goes PyTorch's way, whose memory grows
+# with T, not T^2.
+MAX_T = 4096
+
+
 def _shape(qkv: torch.Tensor, n_head: int) -> tuple[int, int, int]:
     """(B, T, head size) of a qkv tensor, or a ValueError where the kernel would read the wrong bytes."""
     if not (qkv.dtype == torch.float32 and qkv.is_cpu and qkv.dim() == 3 and qkv.is_contiguous()
-            and n_head > 0 and qkv.size(2) % (3 * n_head) == 0):
+            and n_head > 0 and qkv.size(2) % (3 * n_head) == 0 and qkv.size(1) <= MAX_T):
         raise ValueError(f"the attention kernel takes qkv as a contiguous float32 CPU tensor (B, T, 3C), 3C a "
-                         f"multiple of 3 x {n_head} heads; got {qkv.dtype} {tuple(qkv.shape)} on {qkv.device}")
+                         f"multiple of 3 x {n_head} heads, T at most {MAX_T}; got {qkv.dtype} {tuple(qkv.shape)} "
+                         f"on {qkv.device}")
     B, T, C3 = qkv.shape
     return B, T, C3 // (3 * n_head)
 
@@ -139,7 +147,8 @@ class FusedCausalSelfAttention(CausalSelfAttention):
     def forward(self, x: torch.Tensor, cache=None, layer: int = 0, attention: list | None = None) -> torch.Tensor:
         """x: (B, T, C) -> (B, T, C)."""
         kernel_applies = (cache is None and attention is None and x.dtype == torch.float32 and x.is_cpu
-                          and not torch.is_autocast_enabled("cpu") and not (self.training and self.attn_dropout > 0))
+                          and x.size(1) <= MAX_T and not torch.is_autocast_enabled("cpu")
+                          and not (self.training and self.attn_dropout > 0))
         if not kernel_applies:
             return super().forward(x, cache, layer, attention)
         y, _ = causal_attention(self.c_attn(x), self.n_head)  # (B, T, 3C) -> (B, T, C), the heads side by side
