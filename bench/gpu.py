@@ -12,7 +12,8 @@ and decoding speed. Written to fit about 10 minutes of a borrowed GPU; every par
    optimizer step (`--batch-size`, `--accum`). 3 warm-up steps (the first one compiles), then 20 timed
    steps between `torch.cuda.synchronize()` calls. Reported: ms/step, tokens/s, MFU = `flops_per_token()` x
    tokens/s / peak, against the data sheet's dense bf16 peak (src/engine/perf.py's table: 989 TFLOP/s for
-   an H100/H200 SXM) and against a bf16 8192^3 matmul measured here (what the card really reaches).
+   an H100/H200 SXM) and against a bf16 8192^3 matmul measured here (what the card really reaches: the best
+   of three rounds of half a second each).
    Estimate on an H200: 1-2 min (compiling forward + backward takes most of it; the steps, ~40 ms each).
 2. **shakespeare**: `python src/train.py --preset shakespeare-char` (nanoGPT's recipe: 6 layers, 384 wide,
    context 256, batch 64, dropout 0.2, 5,000 steps, an evaluation of 200 batches every 250 steps) on tiny
@@ -28,14 +29,19 @@ and decoding speed. Written to fit about 10 minutes of a borrowed GPU; every par
    The text: `--data PATH`, else ../shared/data/tinyshakespeare.txt or out-gpu/tinyshakespeare.txt (relative
    to the repo root); without one the part is skipped, with a message.
 3. **decode**: GPT-2 124M with random weights, batch 1, a 1-token prompt, 200 new tokens sampled at
-   temperature 1 by `model.generate` (KV cache), in float32 (TF32 matmuls) and with bf16 weights; median of 3
-   runs after a warm-up. Estimate: under 30 s.
+   temperature 1 by `model.generate` (KV cache), in float32 (TF32 matmuls) and with bf16 weights, the two
+   taking turns run by run; median of 3 runs after a warm-up, and bf16's ratio to float32. Estimate: under 30 s.
 
 The parts run in the order train, decode, shakespeare: the long one last, so that a run cut short by the
 device's 10-minute limit still has the other two in its JSON, which is rewritten after every part.
 Every part is guarded: one that fails prints one line (`error: <part> failed: ...`), the others still run,
-the JSON records the error and its traceback, and the exit status is 1. The JSON (`--out`, default
-out-gpu/gpu.json) holds every number with the GPU's name, torch's version and CUDA's.
+the JSON records the error and its traceback, and the exit status is 1. A train.py run that dies half-way
+keeps the evaluations it logged (status "partial", its table printed), and each line it prints is stamped
+with the seconds since it started, so that a log cut short still says when each evaluation came. Where
+torch.compile fails, the train part times the model uncompiled and the shakespeare part trains uncompiled
+(both say so) rather than losing the figures. The text and every count are checked before anything runs.
+The JSON (`--out`, default out-gpu/gpu.json, written atomically after every part) holds every number with
+the GPU's name, torch's version and CUDA's.
 
 How to run it. On a GPU machine with a network: `pip install -r requirements.txt && python bench/gpu.py`.
 On the borrowed H200 there is no network, so no `pip install` (it would stop at the torch pin): its image's
@@ -80,6 +86,8 @@ import torch  # noqa: E402
 from src.dataloader import BatchLoader  # noqa: E402
 from src.engine.config import PRESETS, parse_args  # noqa: E402
 from src.engine.distributed import Distributed  # noqa: E402
+from src.engine.errors import ArgumentParser, positive_int  # noqa: E402
+from src.engine.files import atomic_write_text  # noqa: E402
 from src.engine.perf import peak_flops  # noqa: E402
 from src.engine.precision import Precision  # noqa: E402
 from src.model import GPT, GPTConfig  # noqa: E402
@@ -117,18 +125,24 @@ def free(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def measured_matmul_peak(device: torch.device, n: int = 8192, reps: int = 10) -> float:
-    """bf16 FLOP/s of an n x n x n matrix product on this GPU (mean of `reps` after 3 warm-ups): what the card
-    really reaches, next to the data sheet's figure (an H200 measured here gave ~790 of its 989 TFLOP/s)."""
+def measured_matmul_peak(device: torch.device, n: int = 8192, seconds: float = 0.5, rounds: int = 3) -> float:
+    """bf16 FLOP/s of an n x n x n matrix product on this GPU: what the card really reaches, next to the data
+    sheet's figure. The best of `rounds` rounds of at least `seconds` each, after a warm-up: one product takes
+    about 1.5 ms on an H100-class card, so a handful would measure launches and clock ramps, not the card."""
     a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
     for _ in range(3):
         a @ b
     sync(device)
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - start)
+    best = 0.0
+    for _ in range(rounds):
+        reps, start = 0, time.perf_counter()
+        while reps < 10 or time.perf_counter() - start < seconds:
+            for _ in range(10):  # ten launches between clock reads: the queue stays full
+                a @ b
+            reps += 10
+            sync(device)
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - start))
+    return best
 
 
 # --- 1. training throughput of GPT-2 124M ------------------------------------------------------------------
@@ -186,7 +200,17 @@ def train_throughput(args, device: torch.device) -> dict:
 
     sync(device)
     start = time.perf_counter()
-    step(0)  # compiles
+    compile_error = None
+    try:
+        step(0)  # compiles
+    except Exception as err:  # noqa: BLE001 - a compiler that fails here (no Triton, no C compiler) costs the
+        if not compiled:      # compiled figures, not the part: the same steps, uncompiled
+            raise
+        compile_error = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+        print(f"torch.compile failed ({compile_error}); timing the model uncompiled", flush=True)
+        args.compile_failed = True  # the shakespeare part then trains uncompiled too
+        compiled, step_model = False, ddp.wrap(model, device)
+        step(0)
     sync(device)
     first_step_s = time.perf_counter() - start
     for i in range(1, warmup):
@@ -205,6 +229,7 @@ def train_throughput(args, device: torch.device) -> dict:
         model=f"{cfg.n_layer}L/{cfg.n_head}H/{cfg.d_model}, ctx {cfg.block_size}, vocab {VOCAB}",
         params=model.num_params(), batch_size=cfg.batch_size, block_size=cfg.block_size, accum=accum,
         dtype=str(precision.dtype).removeprefix("torch."), precision=precision.reason, compiled=compiled,
+        compile_error=compile_error,
         fused_adamw=bool(optimizer.defaults.get("fused")), flash_attention=flash, warmup_steps=warmup,
         timed_steps=steps,
         first_step_s=first_step_s, ms_per_step=1e3 * elapsed / steps, tokens_per_s=tokens_per_s,
@@ -217,9 +242,10 @@ def train_throughput(args, device: torch.device) -> dict:
         result.update(peak_flops=peak, peak_source=source, mfu=peak and result["model_flops_per_s"] / peak)
     if device.type == "cuda":
         matmul = measured_matmul_peak(device)
-        result.update(matmul_peak_flops=matmul, mfu_vs_matmul=result["model_flops_per_s"] / matmul,
-                      max_memory_gb=torch.cuda.max_memory_allocated(device) / 1e9)
-        if result["peak_flops"] is None:  # a GPU missing from perf.py's table: MFU against the measured peak
+        result.update(matmul_peak_flops=matmul, max_memory_gb=torch.cuda.max_memory_allocated(device) / 1e9,
+                      mfu_vs_matmul=result["model_flops_per_s"] / matmul if precision.dtype == torch.bfloat16
+                      else None)  # the probe multiplies in bf16: no yardstick for a float32 or float16 run
+        if result["peak_flops"] is None and result["mfu_vs_matmul"] is not None:  # missing from perf.py's table
             result.update(peak_flops=matmul, peak_source="measured bf16 8192^3 matmul", mfu=result["mfu_vs_matmul"])
     return result  # the model, optimizer and compiled graph go with this frame (free() collects them)
 
@@ -245,7 +271,8 @@ def train_table(r: dict, gpu: str) -> str:
         f"peak: {peak}; measured bf16 matmul: {matmul}; {r['flops_per_token'] / 1e6:,.0f} MFLOP per token "
         f"(6N + 12LCT); {r['timed_steps']} timed steps after {r['warmup_steps']} warm-up step(s)"
         f"{' (the first one compiles)' if r['compiled'] else ''}; flash attention: {flash}; loss "
-        f"{r['final_loss']:.3f} on random tokens (ln {VOCAB} = {math.log(VOCAB):.3f})",
+        f"{r['final_loss']:.3f} on random tokens (ln {VOCAB} = {math.log(VOCAB):.3f})"
+        + (f"; torch.compile FAILED ({r['compile_error']}), so uncompiled" if r.get("compile_error") else ""),
     ])
 
 
@@ -253,10 +280,12 @@ def train_table(r: dict, gpu: str) -> str:
 
 
 def find_data(args) -> Path | None:
+    """The text of the shakespeare part: --data, else the first of DATA_CANDIDATES that exists, else None.
+    Looked for before any part runs, so that a missing text is known at once, not minutes into the run."""
     if args.data:
         path = Path(args.data)
-        if not path.exists():
-            raise FileNotFoundError(f"--data {args.data} does not exist")
+        if not path.is_file():
+            raise SystemExit(f"error: --data {args.data} is not a file")
         return path.resolve()
     for candidate in DATA_CANDIDATES:
         path = REPO_ROOT / candidate
@@ -267,7 +296,7 @@ def find_data(args) -> Path | None:
 
 def shakespeare_time(args, device: torch.device) -> dict:
     """Run train.py's shakespeare-char preset; when did validation first reach the target, and where did it end?"""
-    data = find_data(args)
+    data = args.text
     if data is None:
         return {"status": "skipped", "reason": f"tiny Shakespeare not found at {' or '.join(DATA_CANDIDATES)} "
                                                "(relative to the repo root); pass --data PATH"}
@@ -282,6 +311,8 @@ def shakespeare_time(args, device: torch.device) -> dict:
             flags += ["--max-iters", str(PRESETS["shakespeare-char"]["max_iters"])]
         if args.quick:
             flags += QUICK_SHAKESPEARE_FLAGS
+        if getattr(args, "compile_failed", False):  # the train part found torch.compile broken on this machine
+            flags += ["--compile", "off"]
         print("$ python src/train.py " + " ".join(flags), flush=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if args.quick and device.type == "cpu":
@@ -295,8 +326,8 @@ def shakespeare_time(args, device: torch.device) -> dict:
 
         def echo() -> None:  # print the run's output as it comes, and note when each evaluation arrives
             for line in proc.stdout:
-                now = time.time()
-                print("    " + line, end="", flush=True)
+                now = time.time()  # each line stamped: if the whole run is cut short, the log still has the times
+                print(f"    [{now - launched:6.1f} s] " + line, end="", flush=True)
                 tail[:] = [*tail[-19:], line.rstrip()]
                 match = EVAL_LINE.match(line)
                 if match:
@@ -318,10 +349,18 @@ def shakespeare_time(args, device: torch.device) -> dict:
             time.sleep(0.2)
         reader.join(timeout=10)
         finished = time.time()
-        if proc.returncode != 0:
+        error = None
+        if proc.returncode != 0:  # what it logged before it stopped is still worth its device time
             last = next((line for line in reversed(tail) if line.strip()), "")
-            raise RuntimeError(f"train.py exited with status {proc.returncode}: {last}")
-        rows = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines() if x.strip()]
+            error = f"train.py exited with status {proc.returncode}: {last}"
+        metrics = Path(tmp) / "metrics.jsonl"
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        rows = []
+        for line in lines:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # the last line, cut short by a kill
+                pass
         cfg = parse_args(flags)
 
     started = clock.get("started", launched)
@@ -329,16 +368,18 @@ def shakespeare_time(args, device: torch.device) -> dict:
                   training_s=max(0.0, eval_times[r["step"]] - started) if r["step"] in eval_times else None)
              for r in rows if r.get("event") == "eval"]
     if not evals:
-        raise RuntimeError("train.py logged no evaluation")
+        raise RuntimeError(error or "train.py logged no evaluation")
     trains = [r for r in rows if r.get("event") == "train"][1:]  # the first row holds the compile
     reached = next((e for e in evals if e["val_loss"] <= target), None)
     last = evals[-1]
     return dict(
-        status="ok", data=str(data), flags=flags, target=target, budget_s=budget, max_iters=cfg.max_iters,
+        status="partial" if error else "ok", error=error, stopped_by_safety_net=terminated,
+        data=str(data), flags=flags, target=target, budget_s=budget, max_iters=cfg.max_iters,
         reached=reached is not None, target_step=reached and reached["step"],
         target_training_s=reached and reached["training_s"],
         final_step=last["step"], final_val_loss=last["val_loss"], final_train_loss=last["train_loss"],
-        best_val_loss=min(e["val_loss"] for e in evals), ended_by_budget=last["step"] < cfg.max_iters,
+        best_val_loss=min(e["val_loss"] for e in evals),
+        ended_by_budget=last["step"] < cfg.max_iters and not terminated and not error,
         training_s=last["training_s"], total_s=finished - launched, startup_s=started - launched,
         tokens_per_s=statistics.median(r["tokens_per_s"] for r in trains) if trains else None,
         mfu=statistics.median(r["mfu"] for r in trains) if trains and "mfu" in trains[0] else None,
@@ -351,7 +392,9 @@ def shakespeare_table(r: dict) -> str:
         return "-" if x is None else format(x, fmt)
 
     at = (f"step {r['target_step']}, {num(r['target_training_s'], '.0f')} s" if r["reached"] else "not reached")
-    end = f"step {r['final_step']} of {r['max_iters']}" + (" (time budget)" if r["ended_by_budget"] else "")
+    stopped = (" (time budget)" if r["ended_by_budget"] else " (stopped by the safety net)"
+               if r.get("stopped_by_safety_net") else " (the run failed)" if r.get("error") else "")
+    end = f"step {r['final_step']} of {r['max_iters']}" + stopped
     return "\n".join([
         "",
         "| target val loss | reached at | final | final val loss | best val loss | training s | startup s "
@@ -371,7 +414,8 @@ def shakespeare_table(r: dict) -> str:
 
 
 def decode_speed(args, device: torch.device) -> dict:
-    """Tokens/s of `model.generate` (KV cache, sampling) at batch 1, float32 and bf16 weights, median of 3."""
+    """Tokens/s of `model.generate` (KV cache, sampling) at batch 1, float32 and bf16 weights, median of 3; the
+    two take turns run by run, so that the card's clocks and temperature treat them alike."""
     config = GPTConfig(vocab_size=VOCAB, block_size=64, n_layer=2, n_head=2, d_model=64) if args.quick else GPT2_124M
     new_tokens = 20 if args.quick else args.new_tokens
     if device.type == "cuda":
@@ -379,31 +423,40 @@ def decode_speed(args, device: torch.device) -> dict:
     torch.manual_seed(0)
     model = GPT(config).to(device).eval()
     prompt = torch.zeros((1, 1), dtype=torch.long, device=device)
-    rows = {}
-    for name, m in (("float32", model), ("bfloat16", copy.deepcopy(model).to(torch.bfloat16))):
-        def run(m=m):
-            sync(device)
-            start = time.perf_counter()
-            out = m.generate(prompt, new_tokens)
-            sync(device)
-            assert out.shape == (1, 1 + new_tokens)
-            return time.perf_counter() - start
+    models = {"float32": model, "bfloat16": copy.deepcopy(model).to(torch.bfloat16)}
 
-        run()  # warm-up
-        seconds = statistics.median(run() for _ in range(args.repeats))
-        rows[name] = dict(tokens_per_s=new_tokens / seconds, ms_per_token=1e3 * seconds / new_tokens)
-    del model
+    def run(m) -> float:
+        sync(device)
+        start = time.perf_counter()
+        out = m.generate(prompt, new_tokens)
+        sync(device)
+        assert out.shape == (1, 1 + new_tokens)
+        return time.perf_counter() - start
+
+    for m in models.values():
+        run(m)  # warm-up
+    seconds: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(args.repeats):
+        for name, m in models.items():
+            seconds[name].append(run(m))
+    rows = {}
+    for name, times in seconds.items():
+        median = statistics.median(times)
+        rows[name] = dict(tokens_per_s=new_tokens / median, ms_per_token=1e3 * median / new_tokens)
+    for row in rows.values():
+        row["vs_float32"] = row["tokens_per_s"] / rows["float32"]["tokens_per_s"]
+    del model, models
     return dict(model=f"{config.n_layer}L/{config.n_head}H/{config.d_model}, ctx {config.block_size}, vocab "
                       f"{config.vocab_size}", new_tokens=new_tokens, repeats=args.repeats, weights=rows)
 
 
 def decode_table(r: dict) -> str:
-    lines = ["| model | weights | new tokens | tokens/s | ms/token |", "|---|---|---|---|---|"]
+    lines = ["| model | weights | new tokens | tokens/s | ms/token | / float32 |", "|---|---|---|---|---|---|"]
     for name, row in r["weights"].items():
         lines.append(f"| {r['model']} | {name} | {r['new_tokens']} | {row['tokens_per_s']:,.1f} "
-                     f"| {row['ms_per_token']:.2f} |")
+                     f"| {row['ms_per_token']:.2f} | {row['vs_float32']:.2f}x |")
     lines += ["", f"batch 1, a 1-token prompt, sampling at temperature 1, KV cache; median of {r['repeats']} runs "
-                  "after a warm-up"]
+                  "after a warm-up, the two weights taking turns run by run"]
     return "\n".join(lines)
 
 
@@ -423,15 +476,17 @@ def environment(device: torch.device) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python bench/gpu.py", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python bench/gpu.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes and few steps: a smoke test, not a measurement")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: for the --quick smoke test only")
     p.add_argument("--out", default=str(REPO_ROOT / "out-gpu" / "gpu.json"), help="the JSON file of all numbers")
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="which parts to run")
-    p.add_argument("--batch-size", type=int, default=None, help="train: sequences per micro-batch (default 16)")
-    p.add_argument("--accum", type=int, default=1, help="train: micro-batches per optimizer step")
-    p.add_argument("--warmup", type=int, default=3, help="train: untimed steps first (the first one compiles)")
-    p.add_argument("--steps", type=int, default=20, help="train: timed steps")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="train: sequences per micro-batch (default 16)")
+    p.add_argument("--accum", type=positive_int, default=1, help="train: micro-batches per optimizer step")
+    p.add_argument("--warmup", type=positive_int, default=3,
+                   help="train: untimed steps first, at least 1 (the first one compiles)")
+    p.add_argument("--steps", type=positive_int, default=20, help="train: timed steps")
     p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto",
                    help="train: autocast precision (auto: bf16 where the GPU has it)")
     p.add_argument("--no-compile", action="store_true", help="train: without torch.compile")
@@ -440,8 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=float, default=None, help=f"shakespeare: target val loss ({NANOGPT_TARGET})")
     p.add_argument("--budget", type=float, default=None,
                    help="shakespeare: train.py --max-seconds (240; 0: none, SIGTERM after 420 s)")
-    p.add_argument("--new-tokens", type=int, default=200, help="decode: tokens to generate")
-    p.add_argument("--repeats", type=int, default=3, help="decode: timed runs (median)")
+    p.add_argument("--new-tokens", type=positive_int, default=200, help="decode: tokens to generate")
+    p.add_argument("--repeats", type=positive_int, default=3, help="decode: timed runs (median)")
     return p
 
 
@@ -456,10 +511,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick and args.device == "cpu":
         torch.set_num_threads(1)  # tiny models, a shared machine
     device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
+    args.text = find_data(args) if "shakespeare" in args.parts else None
     env = environment(device)
     name = env["gpu"] or f"CPU ({env['cpu']})"
     print(f"{name}; torch {env['torch']}, CUDA {env['cuda']}, python {env['python']}"
           f"{'; --quick: tiny sizes, not a measurement' if args.quick else ''}", flush=True)
+    if "shakespeare" in args.parts:
+        print(f"shakespeare: {args.text or 'NO TEXT FOUND (the part will be skipped; --data PATH)'}", flush=True)
     report = {**env, "quick": args.quick, "argv": sys.argv[1:] if argv is None else argv, "parts": {}}
     failed = False
     out = Path(args.out)
@@ -480,12 +538,15 @@ def main(argv: list[str] | None = None) -> int:
         result.setdefault("status", "ok")
         result["seconds"] = time.perf_counter() - start
         report["parts"][part] = result
-        if result["status"] == "ok":
+        if result["status"] in ("ok", "partial"):
             print(table(result), flush=True)
+        if result["status"] == "partial":  # the figures up to where it stopped are above
+            print(f"error: {part} ended early: {result['error']}", flush=True)
+            failed = True
         elif result["status"] == "skipped":
             print(f"skipped: {result['reason']}", flush=True)
         free(device)
-        out.write_text(json.dumps(report, indent=1) + "\n")  # after every part: a later crash keeps the rest
+        atomic_write_text(out, json.dumps(report, indent=1) + "\n")  # after every part: a later crash keeps the rest
     print(f"\nnumbers in {out}", flush=True)
     return 1 if failed else 0
 

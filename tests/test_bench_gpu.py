@@ -7,8 +7,15 @@ clear line instead of a traceback.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import re
+import subprocess
+import sys
+import textwrap
+from argparse import Namespace
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,6 +45,8 @@ def test_quick_smoke_run_on_a_cpu_writes_all_three_parts(run_cli, text_file, tmp
 
     shakespeare = parts["shakespeare"]
     assert shakespeare["final_step"] == shakespeare["max_iters"] == 30 and not shakespeare["ended_by_budget"]
+    assert shakespeare["error"] is None and shakespeare["stopped_by_safety_net"] is False
+    assert re.search(r"\[ *[\d.]+ s\] step +10: train loss", result.stdout)  # each echoed line stamped with its time
     assert [e["step"] for e in shakespeare["evals"]] == [0, 10, 20, 30]
     assert all(e["training_s"] is not None for e in shakespeare["evals"])  # each evaluation line was clocked
     assert shakespeare["tokens_per_s"] > 0
@@ -48,17 +57,75 @@ def test_quick_smoke_run_on_a_cpu_writes_all_three_parts(run_cli, text_file, tmp
     assert decode["new_tokens"] == 20
     assert set(decode["weights"]) == {"float32", "bfloat16"}
     assert all(row["tokens_per_s"] > 0 for row in decode["weights"].values())
+    rows = decode["weights"]
+    assert rows["float32"]["vs_float32"] == 1.0
+    ratio = rows["bfloat16"]["tokens_per_s"] / rows["float32"]["tokens_per_s"]
+    assert rows["bfloat16"]["vs_float32"] == pytest.approx(ratio)
 
 
 def test_a_failing_part_is_reported_and_the_others_still_run(run_cli, tmp_path):
-    out = tmp_path / "gpu.json"
+    out, binary = tmp_path / "gpu.json", tmp_path / "binary.txt"
+    binary.write_bytes(b"\x00\x01 not a text")  # train.py refuses it before its first evaluation
     result = run_cli(BENCH, "--quick", "--device", "cpu", "--parts", "shakespeare", "decode",
-                     "--data", tmp_path / "missing.txt", "--out", out, timeout=120)
+                     "--data", binary, "--out", out, timeout=120)
     assert result.returncode == 1
-    assert "error: shakespeare failed: FileNotFoundError: --data" in result.stdout
+    assert "error: shakespeare failed: RuntimeError: train.py exited with status 1: error:" in result.stdout
     parts = json.loads(out.read_text())["parts"]
-    assert parts["shakespeare"]["status"] == "failed" and "missing.txt" in parts["shakespeare"]["error"]
+    assert parts["shakespeare"]["status"] == "failed" and "looks binary" in parts["shakespeare"]["error"]
     assert parts["decode"]["status"] == "ok"
+
+
+def test_a_missing_text_or_a_count_of_zero_is_one_line_before_anything_runs(run_cli, tmp_path):
+    """The device's minutes are few: a --data that is not there, or a count of 0 that would crash a part after
+    it had compiled, stops the run at once, in one line, with no JSON written."""
+    out = tmp_path / "gpu.json"
+    result = run_cli(BENCH, "--quick", "--device", "cpu", "--data", tmp_path / "missing.txt", "--out", out,
+                     timeout=120)
+    assert result.returncode == 1 and result.stderr.strip() == f"error: --data {tmp_path / 'missing.txt'} is not a file"
+    for flag in ("--repeats", "--steps", "--accum", "--warmup", "--new-tokens", "--batch-size"):
+        result = run_cli(BENCH, "--quick", "--device", "cpu", flag, "0", "--out", out, timeout=120)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, (flag, result.stderr)
+        assert f"argument {flag}: must be >= 1, got 0" in result.stderr
+    assert not out.exists()
+
+
+def load_gpu_bench():
+    spec = importlib.util.spec_from_file_location("bench_gpu", Path(BENCH))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# A stand-in for train.py that logs two evaluations and dies: what a crash half-way through looks like
+FAILING_RUN = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    out = Path(sys.argv[sys.argv.index("--out-dir") + 1])
+    print("initial loss 4.20", flush=True)
+    with open(out / "metrics.jsonl", "w") as f:
+        for step, val in ((0, 4.1), (10, 3.5)):
+            print(f"step {step}: train loss {val + 0.1:.4f}, val loss {val:.4f}", flush=True)
+            f.write(json.dumps(dict(event="eval", step=step, train_loss=val + 0.1, val_loss=val)) + "\\n")
+        f.write('{"event": "train", "st')  # the line being written when it died
+    print("RuntimeError: CUDA error: an illegal memory access", flush=True)
+    sys.exit(3)
+""")
+
+
+def test_a_run_that_dies_keeps_the_evaluations_it_logged(monkeypatch, text_file, capsys):
+    """The shakespeare part's train.py dying half-way (a CUDA error, the out-of-memory killer) must not cost the
+    evaluations already logged: the part is 'partial', with them and the error, and the table is printed."""
+    gpu = load_gpu_bench()
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(gpu.subprocess, "Popen",
+                        lambda command, **kw: real_popen([sys.executable, "-c", FAILING_RUN, *command[2:]], **kw))
+    args = Namespace(data=str(text_file), quick=True, target=None, budget=None)
+    args.text = gpu.find_data(args)
+    result = gpu.shakespeare_time(args, torch.device("cpu"))
+    assert result["status"] == "partial" and "status 3: RuntimeError: CUDA error" in result["error"]
+    assert [e["val_loss"] for e in result["evals"]] == [4.1, 3.5] and result["reached"]  # 3.5 <= --quick's 3.7
+    assert result["final_step"] == 10 and not result["ended_by_budget"]
+    assert "(the run failed)" in gpu.shakespeare_table(result)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
