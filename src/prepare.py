@@ -63,7 +63,7 @@ from src.engine.shards import (
     write_manifest,
     write_token_file,
 )
-from src.engine.sources import expand_sources, is_token_sources, iter_pieces, iter_token_documents, total_bytes
+from src.engine.sources import expand_sources, is_token_sources, iter_pieces, iter_token_pieces, total_bytes
 from src.engine.tokenizers import gpt2_tokenizer
 from src.tokenizer import CharTokenizer, Tokenizer
 
@@ -322,6 +322,8 @@ class Router:
         manifest["dataset_sha256"] = dataset_sha256(manifest)
         write_manifest(self.folder, manifest)
         self.remove_waiting_files()
+        for leftover in self.folder.glob(".*.tmp*"):  # a write cut by kill -9 in an earlier run (files.py)
+            leftover.unlink()
 
 
 # --- the whole preparation -------------------------------------------------------------------------------------
@@ -420,12 +422,12 @@ def route_token_documents(router: Router, files: list[str]) -> None:
     if eot is None:
         raise UserError("llm.c .bin shards need a tokenizer with an end-of-text token: --tokenizer gpt2")
     with Progress(total_bytes(files), 0) as progress:
-        documents = iter_token_documents(files, eot)
-        for ids in itertools.islice(documents, router.pieces, None):
+        pieces = iter_token_pieces(files, eot)
+        for ids, ends_document in itertools.islice(pieces, router.pieces, None):
             if ids.size and int(ids.max()) >= tokenizer.vocab_size:
                 raise UserError(f"a .bin file holds token id {int(ids.max())}, beyond the tokenizer's "
                                 f"{tokenizer.vocab_size}: it was tokenized with another tokenizer")
-            router.add(ids, True, None)
+            router.add(ids, ends_document, None)
             progress.update(2 * (len(ids) + 1), len(ids) + 1)
 
 

@@ -237,11 +237,11 @@ def test_a_killed_preparation_continues_to_the_same_bytes(tmp_path, repo_root, c
         time.sleep(0.01)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    (tmp_path / "out" / ".train_000009.tokens.tmp99999").write_bytes(b"\0" * 64)  # as a kill mid-write leaves
     rerun = subprocess.run([*command, "--out", str(tmp_path / "out")], cwd=repo_root, env=cli_env,
                            capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert {k: v for k, v in folder_digest(tmp_path / "out").items() if not k.startswith(".")} == \
-        folder_digest(tmp_path / "clean")
+    assert folder_digest(tmp_path / "out") == folder_digest(tmp_path / "clean")  # no waiting or half-written file
 
 
 def test_llmc_bin_shards_are_taken_as_they_are(tmp_path, bpe_file):
@@ -259,6 +259,35 @@ def test_llmc_bin_shards_are_taken_as_they_are(tmp_path, bpe_file):
     assert val["bytes"] == sum(len(d.encode()) for d in docs[: val["documents"]])  # decoded, for bits per byte
     with pytest.raises(UserError, match="already tokens"):
         prepare([str(tmp_path / "fineweb_000000.bin")], str(tmp_path / "char"), "char")
+
+
+def test_llmc_bin_documents_carried_into_the_next_file_stay_whole(tmp_path, bpe_file):
+    """llm.c's fineweb.py cuts its stream of [eot] + document into files of exactly one size, mid-document: the
+    shards must hold the stream as it was, with no end-of-text added where a file happens to begin."""
+    tokenizer = load_tokenizer(bpe_file)
+    eot = tokenizer.eot_token_id
+    stream = [t for doc in documents(8) for t in [eot, *tokenizer.encode(doc)]]
+    cuts = [0, 333, 700, stream.index(eot, 900), len(stream)]  # mid-document twice, then right at an eot
+    for i, (start, end) in enumerate(zip(cuts, cuts[1:], strict=False)):
+        write_llmc_bin(tmp_path / f"fineweb_{i:06d}.bin", stream[start:end])
+    manifest = prepare([str(tmp_path / "fineweb_*.bin")], str(tmp_path / "out"), str(bpe_file), shard_tokens=600,
+                       val_tokens=700)
+    both = np.concatenate([split_tokens(tmp_path / "out", "val"), split_tokens(tmp_path / "out", "train")])
+    assert both.tolist() == stream
+    splits = manifest["splits"]
+    assert splits["val"]["documents"] + splits["train"]["documents"] in (8, 9)  # 9: one cut at the val budget
+
+
+def test_a_lone_surrogate_in_a_json_line_becomes_a_replacement_character(tmp_path, bpe_file):
+    """JSON can escape a surrogate with no pair ("\\udc80"), as scraped web text does: it has no UTF-8 bytes,
+    so it is read as U+FFFD (what the BPE tokenizer encodes it as anyway), not a crash."""
+    source = tmp_path / "web.jsonl"
+    source.write_text('{"text": "caf\\u00e9 \\udc80 ok"}\n{"text": "second document, long enough"}\n')
+    for tokenizer in ("char", str(bpe_file)):
+        out = tmp_path / f"out-{Path(tokenizer).stem}"
+        prepare([str(source)], str(out), tokenizer, shard_tokens=600, val_tokens=8)
+        ids = np.concatenate([split_tokens(out, "val"), split_tokens(out, "train")])
+        assert "caf\u00e9 \ufffd ok" in load_tokenizer(out / "tokenizer.json").decode(ids.tolist())
 
 
 def test_a_folder_is_never_overwritten_with_other_settings(tmp_path, capsys):

@@ -37,7 +37,7 @@ from src.engine.sources import (
     expand_sources,
     is_token_sources,
     iter_pieces,
-    iter_token_documents,
+    iter_token_pieces,
     safe_cut,
     total_bytes,
 )
@@ -391,6 +391,19 @@ def test_parquet_rows_are_documents_and_share_the_file_size(tmp_path):
         pieces_of(path, text_field="id")
 
 
+@pytest.mark.parametrize("encoding", ["dictionary", "string_view"])
+def test_parquet_strings_stored_as_a_dictionary_or_views_are_text(tmp_path, encoding):
+    """Columns of repeated strings are often stored dictionary-encoded, and newer writers use string views:
+    still a column of text."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    texts = ["row one", "row two", "row one"]
+    column = pa.array(texts).dictionary_encode() if encoding == "dictionary" else pa.array(texts, pa.string_view())
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"text": column}), path, store_schema=True)
+    assert documents_of(pieces_of(path, piece_chars=20)) == texts
+
+
 def fake_datasets(rows=None, error: Exception | None = None, fail_after: int | None = None):
     """A stand-in for the `datasets` package: load_dataset records its arguments and streams `rows`."""
     calls = []
@@ -469,6 +482,14 @@ def test_globs_files_and_hf_specs_keep_the_order_given(tree):
     assert expand_sources([str(tree / "**" / "*.txt")]) == [str(tree / "a/c.txt"), str(tree / "b/z.txt")]
 
 
+def test_one_file_named_twice_is_read_once(tree, monkeypatch):
+    """A relative and an absolute path, or a link, name one file: read twice, its documents would train twice,
+    or land in validation and in training at once."""
+    (tree / "link.txt").symlink_to(tree / "b" / "z.txt")
+    monkeypatch.chdir(tree)
+    assert expand_sources(["b/z.txt", str(tree / "b" / "z.txt"), "link.txt", "./b/../b/z.txt"]) == ["b/z.txt"]
+
+
 @pytest.mark.parametrize(
     ("source", "message"),
     [
@@ -498,19 +519,34 @@ def test_no_sources_at_all():
 EOT_ID = 50256
 
 
-def test_token_documents_split_at_each_end_of_text(tmp_path):
-    ids = [EOT_ID, 1, 2, EOT_ID, EOT_ID, 3, EOT_ID, 4, 65535, 6]
-    write_llmc_bin(tmp_path / "a.bin", ids)
-    write_llmc_bin(tmp_path / "b.bin", [7, 8, EOT_ID, 9])  # ids before the first eot are a document too
-    write_llmc_bin(tmp_path / "c.bin", [10, 11])
+def rebuild(pieces: list[tuple[np.ndarray, bool]], first_starts: bool = True) -> list[int]:
+    """The ids the pieces came from: an end-of-text before each piece that starts a document."""
+    ids, starts = [], first_starts
+    for piece, ends in pieces:
+        ids += [EOT_ID] * starts + piece.tolist()
+        starts = ends
+    return ids
+
+
+def test_token_pieces_split_at_each_end_of_text_and_carry_over_between_files(tmp_path):
+    """llm.c's fineweb.py fills each file to its size and carries the rest of the last document into the next:
+    ids before a file's first eot continue that document, they are not one of their own."""
+    a = [EOT_ID, 1, 2, EOT_ID, EOT_ID, 3, EOT_ID, 4, 65535, 6]
+    write_llmc_bin(tmp_path / "a.bin", a)
+    write_llmc_bin(tmp_path / "b.bin", [7, 8, EOT_ID, 9])  # 7, 8: the rest of a's last document
+    write_llmc_bin(tmp_path / "c.bin", [10, 11])  # all of it the rest of b's
     write_llmc_bin(tmp_path / "d.bin", [])
+    write_llmc_bin(tmp_path / "e.bin", [EOT_ID, 12])  # starts with eot: c's document ended with c
     paths = expand_sources([str(tmp_path)])
     assert is_token_sources(paths) and total_bytes(paths) == sum(os.path.getsize(p) for p in paths)
-    documents = list(iter_token_documents(paths, EOT_ID))
-    assert all(d.dtype == np.uint16 for d in documents)
-    assert [d.tolist() for d in documents] == [[1, 2], [], [3], [4, 65535, 6], [7, 8], [9], [10, 11]]
-    rebuilt = np.concatenate([np.r_[EOT_ID, d] for d in documents[:4]])  # a file that starts with eot: exactly
-    assert rebuilt.tolist() == ids
+    pieces = list(iter_token_pieces(paths, EOT_ID))
+    assert all(ids.dtype == np.uint16 for ids, _ in pieces)
+    assert [(ids.tolist(), ends) for ids, ends in pieces] == [
+        ([1, 2], True), ([], True), ([3], True), ([4, 65535, 6], False), ([7, 8], True), ([9], False),
+        ([10, 11], True), ([12], True)]
+    assert rebuild(pieces) == a + [7, 8, EOT_ID, 9] + [10, 11] + [EOT_ID, 12]  # every id, in order, once
+    first_alone = list(iter_token_pieces(paths[1:], EOT_ID))  # the first file's leading ids: a document
+    assert [(ids.tolist(), ends) for ids, ends in first_alone][:2] == [([7, 8], True), ([9], False)]
 
 
 def test_token_documents_of_a_large_file_without_python_loops_over_ids(tmp_path):
@@ -519,9 +555,9 @@ def test_token_documents_of_a_large_file_without_python_loops_over_ids(tmp_path)
     ids[rng.choice(len(ids), size=2_000, replace=False)] = EOT_ID
     ids[0] = EOT_ID
     write_llmc_bin(tmp_path / "big.bin", ids)
-    documents = list(iter_token_documents([str(tmp_path / "big.bin")], EOT_ID))
-    assert len(documents) == np.count_nonzero(ids == EOT_ID) > 1_900
-    assert np.array_equal(np.concatenate([np.r_[EOT_ID, d].astype(np.uint16) for d in documents]), ids)
+    pieces = list(iter_token_pieces([str(tmp_path / "big.bin")], EOT_ID))
+    assert len(pieces) == np.count_nonzero(ids == EOT_ID) > 1_900 and all(ends for _, ends in pieces)
+    assert np.array_equal(np.concatenate([np.r_[EOT_ID, d].astype(np.uint16) for d, _ in pieces]), ids)
 
 
 def test_broken_token_files_and_mixing_them_with_text(tmp_path):
@@ -529,13 +565,13 @@ def test_broken_token_files_and_mixing_them_with_text(tmp_path):
     (tmp_path / "magic.bin").write_bytes(b"\x00" * 2048)
     (tmp_path / "short.bin").write_bytes((tmp_path / "good.bin").read_bytes()[:-1])
     with pytest.raises(UserError, match="magic.bin is not an llm.c token file"):
-        list(iter_token_documents([str(tmp_path / "magic.bin")], EOT_ID))
+        list(iter_token_pieces([str(tmp_path / "magic.bin")], EOT_ID))
     with pytest.raises(UserError, match="short.bin is truncated"):
-        list(iter_token_documents([str(tmp_path / "short.bin")], EOT_ID))
+        list(iter_token_pieces([str(tmp_path / "short.bin")], EOT_ID))
     (tmp_path / "notes.txt").write_text("text", encoding="utf-8")
     with pytest.raises(UserError, match="mix llm.c token files .* with text .*notes.txt.*: prepare them separately"):
         expand_sources([str(tmp_path)])
-    with pytest.raises(UserError, match="good.bin holds token ids, not text: read it with iter_token_documents"):
+    with pytest.raises(UserError, match="good.bin holds token ids, not text: read it with iter_token_pieces"):
         list(iter_pieces([str(tmp_path / "good.bin")]))
 
 

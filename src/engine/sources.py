@@ -90,7 +90,7 @@ def expand_sources(sources: list[str]) -> list[str]:
                 files += _folder_files(match) if os.path.isdir(match) else [_check_suffix(os.path.normpath(match))]
         else:
             raise UserError(f"{source} does not exist (a SOURCE is a file, a folder, a glob or hf:NAME)")
-    files = list(dict.fromkeys(files))  # keep the first of duplicates: a file read twice would be trained on twice
+    files = _first_of_each(files)
     tokens = [f for f in files if f.lower().endswith(TOKEN_SUFFIX)]
     if tokens and len(tokens) != len(files):
         raise UserError(f"the sources mix llm.c token files ({tokens[0]}) with text ({_first_text(files)}): "
@@ -116,6 +116,19 @@ def _check_hf_spec(spec: str) -> str:
     if not name or spec.count(":") > 2:
         raise UserError(f"{spec!r} is not a Hugging Face source: write hf:NAME or hf:NAME:CONFIG")
     return spec
+
+
+def _first_of_each(files: list[str]) -> list[str]:
+    """`files` without repeats, kept in order as first given. A file named twice (a relative and an absolute
+    path, a link) would be read twice: its documents trained on twice, or one copy validated on and the other
+    trained on."""
+    seen, unique = set(), []
+    for file in files:
+        same = file if file.startswith(HF_PREFIX) else os.path.realpath(file)
+        if same not in seen:
+            seen.add(same)
+            unique.append(file)
+    return unique
 
 
 def _check_suffix(path: str) -> str:
@@ -248,7 +261,7 @@ def iter_pieces(
     """
     files = expand_sources(sources)
     if files[0].lower().endswith(TOKEN_SUFFIX):
-        raise UserError(f"{files[0]} holds token ids, not text: read it with iter_token_documents")
+        raise UserError(f"{files[0]} holds token ids, not text: read it with iter_token_pieces")
     cutter = _Cutter(piece_chars)
     held = None
     for source in files:
@@ -358,7 +371,9 @@ def _text_of(row: dict, text_field: str, where: str) -> str:
     text = row[text_field]
     if not isinstance(text, str):
         raise UserError(f"{where}: the {text_field!r} field is a {type(text).__name__}, not a string")
-    return text
+    # JSON may escape a lone surrogate ("\udc80", found in scraped web text), which has no UTF-8 bytes and
+    # could be neither counted nor saved: it becomes U+FFFD, as the BPE tokenizer would encode it anyway.
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _parquet_pieces(path: str, cutter: _Cutter, text_field: str) -> Iterator[Piece]:
@@ -378,7 +393,8 @@ def _parquet_pieces(path: str, cutter: _Cutter, text_field: str) -> Iterator[Pie
         raise UserError(f"{path} has no column {text_field!r} (its columns: {', '.join(schema.names)}); name the "
                         "column that holds the text")
     column_type = schema.field(text_field).type
-    if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+    strings = column_type.value_type if pa.types.is_dictionary(column_type) else column_type  # a dictionary of them
+    if not (pa.types.is_string(strings) or pa.types.is_large_string(strings) or pa.types.is_string_view(strings)):
         raise UserError(f"{path}: the column {text_field!r} holds {column_type}, not strings")
     size, rows = os.path.getsize(path), parquet.metadata.num_rows
     row = 0
@@ -430,18 +446,33 @@ def _one_line(err: Exception) -> str:
 # --- llm.c token files -------------------------------------------------------------------------------------
 
 
-def iter_token_documents(paths: list[str], eot_id: int) -> Iterator[np.ndarray]:
-    """The documents of pre-tokenized llm.c .bin shards, as uint16 arrays of ids without their end-of-text.
+def iter_token_pieces(paths: list[str], eot_id: int) -> Iterator[tuple[np.ndarray, bool]]:
+    """The documents of pre-tokenized llm.c .bin shards, as (uint16 ids without their end-of-text, whether the
+    document ends there) pieces, in order.
 
-    llm.c writes the end-of-text id *before* each document, so each one that we find begins a document; ids
-    before a file's first end-of-text (if any) form one too. Two end-of-text ids in a row give an empty
-    document, yielded as it is, so writing [eot] + document for each reproduces a file that starts with eot.
+    llm.c writes the end-of-text id *before* each document, so each one that we find begins a document. Its
+    fineweb.py fills every shard to exactly its size and carries the rest of the last document over into the
+    next file: ids before a file's first end-of-text continue the previous file's last document (in the first
+    file, they form one of their own). So whether a piece ends its document is known only from what follows
+    it: the next piece starts one. Two end-of-text ids in a row give an empty document, yielded as it is, so
+    writing [eot] + ids before each piece that starts a document reproduces the files' ids exactly.
     """
+    held: np.ndarray | None = None  # the last piece: it ends its document if the next one starts one
+    for ids, starts in _token_pieces(paths, eot_id):
+        if held is not None:
+            yield held, starts
+        held = ids
+    if held is not None:
+        yield held, True
+
+
+def _token_pieces(paths: list[str], eot_id: int) -> Iterator[tuple[np.ndarray, bool]]:
+    """(ids, whether an end-of-text came before them) for each stretch of ids between end-of-text ids."""
     for path in paths:
         tokens = read_llmc_bin(path)
         starts = np.flatnonzero(tokens == eot_id).tolist()  # one vectorised pass over a file of ~100M ids
         bounds = [*starts, len(tokens)]
         if bounds[0] > 0:
-            yield np.array(tokens[: bounds[0]], dtype=np.uint16)  # before the first eot: a copy, as below
+            yield np.array(tokens[: bounds[0]], dtype=np.uint16), False  # a copy, as below
         for start, end in zip(bounds, bounds[1:], strict=False):
-            yield np.array(tokens[start + 1 : end], dtype=np.uint16)  # a copy: the file can be closed
+            yield np.array(tokens[start + 1 : end], dtype=np.uint16), True  # a copy: the file can be closed
