@@ -24,7 +24,9 @@ class Tokenizer:
 
     def encode(self, s: str) -> list[int]:
         """Text -> list of ids. A character that is not in the vocabulary raises a ValueError whose message
-        names *every* unknown character of `s` (not just the first one met)."""
+        names *every* unknown character of `s` (not just the first one met), each quoted with `repr`: ',' and
+        '!' for "hello, world!". (The project's `CharTokenizer` raises its own `UserError` instead; a plain
+        ValueError is enough here.)"""
         # TODO
         raise NotImplementedError("Tokenizer.encode (chapter 1)")
 
