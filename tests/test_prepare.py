@@ -152,6 +152,13 @@ def test_workers_start_without_pytorch_and_the_queue_is_bounded():
         assert ids[0].dtype == np.uint16
 
 
+def test_a_worker_killed_by_the_system_is_one_line():
+    """The out-of-memory killer ends a worker without a word: the run stops with one line, not a traceback."""
+    tokenizer_json = BPETokenizer.train("hello world " * 20, 260).to_json()
+    with pytest.raises(UserError, match=r"^a worker process died .* a rerun continues from the last saved shard$"):
+        list(ordered_map([9, 9], tokenizer_json, workers=2, function=os._exit))  # a worker gone mid-task
+
+
 def test_a_bpe_learned_here_never_learns_from_validation(tmp_path):
     docs = documents(14, size=600)
     corpus = write_corpus(tmp_path / "corpus", docs)

@@ -357,6 +357,13 @@ def test_bad_jsonl_lines_name_the_file_and_line(tmp_path, line, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_null_text_is_an_empty_document_in_every_format(tmp_path):
+    """A missing value is skipped as an empty document: in JSON lines as in parquet (above) and hf: rows."""
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'{"text": "one"}\n{"text": null}\n{"text": "three"}\n')
+    assert documents_of(pieces_of(path)) == ["one", "three"]
+
+
 def test_a_broken_gzip_file_is_a_user_error(tmp_path):
     path = tmp_path / "rows.jsonl.gz"
     path.write_bytes(gzip.compress(jsonl_bytes(ROWS * 100))[:-20])

@@ -23,10 +23,12 @@ import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
 from src.bpe import tokenizer_from_dict
+from src.engine.errors import UserError
 from src.tokenizer import Tokenizer
 
 _tokenizer: Tokenizer | None = None  # each worker's own copy, built once by `start_worker`
@@ -67,8 +69,17 @@ def ordered_map(tasks: Iterable, tokenizer_json: str, workers: int, in_flight: i
         for task in tasks:
             pending.append(pool.submit(function, task))
             if len(pending) >= in_flight:
-                yield pending.popleft().result()
+                yield _result(pending.popleft())
         while pending:
-            yield pending.popleft().result()
+            yield _result(pending.popleft())
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _result(future):
+    """A task's result; a worker the system killed (out of memory, most often) is one line, not a traceback."""
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise UserError("a worker process died (killed by the system: out of memory?); fewer --workers use less "
+                        "memory, and a rerun continues from the last saved shard") from None

@@ -369,6 +369,8 @@ def _text_of(row: dict, text_field: str, where: str) -> str:
         fields = ", ".join(map(repr, list(row)[:10]))
         raise UserError(f"{where}: no {text_field!r} field (it has {fields}); name the field that holds the text")
     text = row[text_field]
+    if text is None:  # a missing value: an empty document, skipped, as a parquet null is
+        return ""
     if not isinstance(text, str):
         raise UserError(f"{where}: the {text_field!r} field is a {type(text).__name__}, not a string")
     # JSON may escape a lone surrogate ("\udc80", found in scraped web text), which has no UTF-8 bytes and
