@@ -63,7 +63,14 @@ from src.engine.shards import (
     write_manifest,
     write_token_file,
 )
-from src.engine.sources import expand_sources, is_token_sources, iter_pieces, iter_token_pieces, total_bytes
+from src.engine.sources import (
+    HF_PREFIX,
+    expand_sources,
+    is_token_sources,
+    iter_pieces,
+    iter_token_pieces,
+    total_bytes,
+)
 from src.engine.tokenizers import gpt2_tokenizer
 from src.tokenizer import CharTokenizer, Tokenizer
 
@@ -361,6 +368,7 @@ def prepare(sources: list[str], out: str, tokenizer_spec: str = "gpt2", vocab_si
 def start(folder: Path, manifest: dict | None, files: list[str], settings: dict, cache_dir: str) -> Router:
     """The router of an interrupted run, as it stood at its last shard; or of a new one, with its tokenizer."""
     if manifest:  # the same tokenizer, from its copy
+        unchanged(manifest.get("source_files", {}), files)
         print(f"continuing the preparation in {folder} after {len(all_shards(manifest))} finished shard(s)")
         return Router(folder, manifest, manifest["learned_documents"], load_tokenizer(folder / TOKENIZER_FILE))
     tokenizer, learned = choose_tokenizer(settings["tokenizer"], files, settings["vocab_size"],
@@ -378,6 +386,7 @@ def start(folder: Path, manifest: dict | None, files: list[str], settings: dict,
                       "than half a shard",
         "dtype": token_array([], tokenizer.vocab_size).dtype.name,
         "settings": settings, "val_tokens": settings["val_tokens"], "learned_documents": learned,
+        "source_files": file_stamps(files),
         "splits": {name: Split(name).totals() for name in SPLITS},
     }
     write_manifest(folder, manifest)
@@ -470,6 +479,20 @@ def previous_run(folder: Path, settings: dict) -> dict | None:
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise UserError(f"{folder} exists and is not a prepared folder: choose another --out")
     return None
+
+
+def file_stamps(files: list[str]) -> dict[str, list[int]]:
+    """Each local source file's size and modification time (ns), as it was when the preparation began."""
+    return {f: [os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files if not f.startswith(HF_PREFIX)}
+
+
+def unchanged(stamps: dict[str, list[int]], files: list[str]) -> None:
+    """A rerun skips the pieces routed before by counting them: refuse it if a source changed in between (its
+    new text would be cut in other places, and the old and new mixed in the shards)."""
+    for file, now in file_stamps(files).items():
+        if file in stamps and stamps[file] != now:
+            raise UserError(f"{file} changed since this preparation began (size or modification time): the "
+                            "shards already written hold its old text; delete the folder to prepare it again")
 
 
 def all_shards(manifest: dict) -> list[dict]:

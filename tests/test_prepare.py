@@ -220,6 +220,30 @@ def test_an_interrupted_preparation_continues_from_its_last_shard_to_the_same_by
     assert not list((tmp_path / "out").glob(".*"))  # the waiting tokens' files are gone
 
 
+def test_a_source_changed_before_the_rerun_is_refused(tmp_path, monkeypatch):
+    """A rerun skips the pieces routed before by counting them: a source edited in between would mix its old and
+    new text in the shards, so the rerun refuses, naming it."""
+    monkeypatch.setattr(prepare_mod, "PIECE_CHARS", 1000)
+    corpus = write_corpus(tmp_path / "corpus", documents(120))
+    args = dict(tokenizer_spec="char", shard_tokens=800, val_tokens=600)
+    real_add, calls = prepare_mod.Router.add, []
+
+    def interrupted_add(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 40:
+            raise KeyboardInterrupt
+        return real_add(self, *a, **k)
+
+    monkeypatch.setattr(prepare_mod.Router, "add", interrupted_add)
+    with pytest.raises(UserError, match="run the same command again to continue"):
+        prepare([str(corpus)], str(tmp_path / "out"), **args)
+    monkeypatch.setattr(prepare_mod.Router, "add", real_add)
+    edited = sorted(corpus.iterdir())[0]
+    edited.write_text(edited.read_text(encoding="utf-8") + " and one more line", encoding="utf-8")
+    with pytest.raises(UserError, match=rf"{edited.name} changed since this preparation began"):
+        prepare([str(corpus)], str(tmp_path / "out"), **args)
+
+
 def test_a_bpe_learned_from_every_document_says_so(tmp_path):
     (tmp_path / "book.txt").write_text(make_text(5000), encoding="utf-8")
     with pytest.raises(UserError, match="learned from all 1 document"):
