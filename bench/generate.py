@@ -4,14 +4,16 @@
     python bench/generate.py --levers     # the matrix-vector products alone, in every way tried
 
 A decoding step reads every weight of the model once, for one multiply-add each, so on a CPU its time is
-set by how fast memory delivers the weights. The script first measures this machine's memory read
-bandwidth (the best of five sums over a 1 GiB float32 tensor, far larger than any cache, with the same
-threads as the rest), then for each shape and each way of storing and multiplying the weights reports:
-tokens/s, the weight bytes one token reads, those bytes x tokens/s (the rate the weights stream at) and
-its fraction of the bandwidth, and the speed-up over HF's float32 decoding measured in the same run.
+set by how fast memory delivers the weights. For each shape and each way of storing and multiplying the
+weights the script reports: tokens/s, the weight bytes one token reads, those bytes x tokens/s (the rate the
+weights stream at) and its fraction of this machine's memory read bandwidth, and the speed-up over HF's
+float32 decoding measured in the same run. The bandwidth is measured as one more contender taking turns with
+the rows (a sum over a 1 GiB float32 tensor, far larger than any cache, with the same threads as the rest;
+the median of its runs, as the rows' figures are medians), so that it is the machine's at the same minutes:
+measured before the rows, it would put a quieter or busier minute under the fraction.
 
 Rows (batch 1, a 1-token prompt, `--tokens` new tokens sampled at temperature 1, KV cache, median of
-`--repeats` runs after a warm-up, the rows of a shape taking turns run by run):
+`--repeats` runs after a warm-up, the rows of a shape and the memory read taking turns run by run):
 - ours float32, PyTorch's product: the model as it trains (`F.linear`, MKL's kernel on a CPU);
 - ours float32 / bfloat16, streaming kernel: `src/engine/matvec.py`, one compiled loop that reads each
   weight once and converts it in registers (`stream_weights(model, dtype)`);
@@ -52,6 +54,7 @@ from torch.nn import functional as F  # noqa: E402
 from src.engine.checkpoint import save_checkpoint  # noqa: E402
 from src.engine.decode import CompiledDecoding  # noqa: E402
 from src.engine.decode_step import CDecoding  # noqa: E402
+from src.engine.errors import ArgumentParser, positive_int  # noqa: E402
 from src.engine.int8_matvec import int8_matvec  # noqa: E402
 from src.engine.matvec import stream_weights  # noqa: E402
 from src.engine.perf import cpu_description  # noqa: E402
@@ -64,18 +67,15 @@ SHAPES = {
     "char": ("char 6L/384/ctx256", GPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, d_model=384)),
 }
 GREEDY_TOKENS = 50
+MEMORY_READ = "memory read (sum over 1 GiB of float32)"  # the contender that measures the bandwidth
 
 
-def read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
-    """Bytes per second this machine reads memory at: the best of `repeats` sums over `gib` GiB of float32."""
+def memory_read(gib: float = 1.0) -> tuple:
+    """(a run that reads `gib` GiB of float32 once, the bytes it reads): a sum over a tensor far larger than any
+    cache, timed in turn with the rows it is the bandwidth of. Its pages are touched here, before any timing."""
     big = torch.ones(int(gib * 2**30 / 4))
-    big.sum()  # warm-up: the pages are touched and mapped
-    best = 0.0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        big.sum()
-        best = max(best, big.numel() * 4 / (time.perf_counter() - start))
-    return best
+    big.sum()
+    return big.sum, big.numel() * big.element_size()
 
 
 def weight_bytes(model: nn.Module) -> int:
@@ -104,12 +104,12 @@ def spread_weights(model: GPT) -> GPT:
     return model
 
 
-def interleaved_tokens_per_s(runs: dict, n_tokens: int, repeats: int) -> dict[str, float]:
-    """Tokens/s of every run (name: a function generating `n_tokens`), the median of `repeats` timings.
+def interleaved_seconds(runs: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds of each of `repeats` runs of every contender (name: a function), the contenders taking turns.
 
-    The runs take turns: round r times each of them once, in an order that rotates every round. On a
-    shared machine whose speed drifts over minutes, that puts the drift on every row alike, so the ratios
-    between rows hold even when the absolute figures move."""
+    Round r times each of them once, in an order that rotates every round. On a shared machine whose speed
+    drifts over minutes, that puts the drift on every row alike, so the ratios between rows hold even when
+    the absolute figures move."""
     times = {name: [] for name in runs}
     names = list(runs)
     for r in range(repeats):
@@ -117,7 +117,7 @@ def interleaved_tokens_per_s(runs: dict, n_tokens: int, repeats: int) -> dict[st
             start = time.perf_counter()
             runs[name]()
             times[name].append(time.perf_counter() - start)
-    return {name: n_tokens / statistics.median(t) for name, t in times.items()}
+    return times
 
 
 def measure(shape: str, n: int, repeats: int, only: list[str]) -> list[dict]:
@@ -169,10 +169,14 @@ def measure(shape: str, n: int, repeats: int, only: list[str]) -> list[dict]:
             rows[variant]["greedy"] = "-"  # rounded weights: another text is expected (see bench/int8_quality.py)
         print(f"  {name}, {variant}: ready", file=sys.stderr, flush=True)
     runs[hf_variant]()
-    speeds = interleaved_tokens_per_s(runs, n, repeats)
+    runs[MEMORY_READ], read_bytes = memory_read()
+    seconds = interleaved_seconds(runs, repeats)
+    bandwidth = read_bytes / statistics.median(seconds.pop(MEMORY_READ))
+    speeds = {variant: n / statistics.median(times) for variant, times in seconds.items()}
     for variant, row in rows.items():
         row["tokens/s"] = speeds[variant]
         row["vs HF"] = speeds[variant] / speeds[hf_variant]
+        row["bandwidth"] = bandwidth
     return [row for variant, row in rows.items() if variant != hf_variant] + [rows[hf_variant]]  # HF last
 
 
@@ -193,17 +197,22 @@ def int8_words_dot(words: torch.Tensor, x4: torch.Tensor) -> torch.Tensor:
     return y.sum(dim=-1)  # (out,)
 
 
-def matrix_levers(bandwidth: float, repeats: int = 5) -> None:
+GPT2_MATRICES = [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 12 + [(50257, 768)]  # (out, in)
+
+
+def matrix_levers(repeats: int = 5, shapes: list[tuple[int, int]] = GPT2_MATRICES) -> None:
     """`--levers`: the matrix-vector products alone, over GPT-2 124M's matrices (12 blocks' four, and lm_head),
     one vector each, in every way tried for decoding: GB/s of weights streamed and the share of the bandwidth.
-    What the model rows add on top is everything around the products."""
+    What the model rows add on top is everything around the products. Each is checked (and warmed up, and
+    compiled) first; then all of them and the memory read take turns, `repeats` rounds, the best of each
+    counting (the bandwidth too: the best of its runs among theirs). `shapes`: (out, in) of every matrix, the
+    last one lm_head; smaller ones make a test."""
     from src.engine import matvec
     from src.engine.quantize import quantize_rows
 
-    shapes = [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 12 + [(50257, 768)]  # (out, in)
     gen = torch.Generator().manual_seed(0)
     weights = [torch.randn(shape, generator=gen) * 0.1 for shape in shapes]
-    x = {n: torch.randn(n, generator=gen) for n in (768, 3072)}
+    x = {n: torch.randn(n, generator=gen) for n in sorted({n for _, n in shapes})}  # GPT-2's: 768 and 3072
     kernel, int8_kernel = matvec.kernel(), torch.compile(int8_words_dot, dynamic=True, fullgraph=True)
     x4 = {n: v.view(-1, 4).t().contiguous() for n, v in x.items()}  # (4, n/4): x4[j, i] = x[4i + j]
     transposed = [w.t().contiguous() for w in weights]  # (in, out): GPT-2's Conv1D layout, HF's too
@@ -237,32 +246,33 @@ def matrix_levers(bandwidth: float, repeats: int = 5) -> None:
             lambda: [layer(x[layer.in_features][None])[0] for layer in fbgemm], 1),
     }
     exact = [w.double() @ x[w.shape[1]].double() for w in (weights[0], weights[-1])]  # the first and lm_head
-    n_weights = sum(w.numel() for w in weights)
-    print(f"\nthe matrices of GPT-2 124M alone, one vector each; bandwidth {bandwidth / 1e9:.1f} GB/s")
-    print("| weights, multiplied by | GB/s streamed | of bandwidth |")
-    print("|---|---|---|")
     for name, (run, bytes_per_weight) in levers.items():
         out = run()  # warm-up (and compiling), and the check that it computes the product
         for y, ref in zip((out[0], out[-1]), exact, strict=True):
             error = float(torch.linalg.norm(y.double() - ref) / torch.linalg.norm(ref))
             limit = 1e-5 if bytes_per_weight == 4 else 0.03  # float32: rounding only; bf16 and int8 round W
             assert error < limit, f"{name}: relative error {error:.2g}, not the product"
-        best = min(timed(run) for _ in range(repeats))
-        streamed = n_weights * bytes_per_weight / best
-        print(f"| {name} | {streamed / 1e9:.1f} | {streamed / bandwidth:.0%} |", flush=True)
-
-
-def timed(run) -> float:
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
+        print(f"  {name}: ready", file=sys.stderr, flush=True)
+    runs = {name: run for name, (run, _) in levers.items()}
+    runs[MEMORY_READ], read_bytes = memory_read()
+    best = {name: min(times) for name, times in interleaved_seconds(runs, repeats).items()}
+    bandwidth = read_bytes / best.pop(MEMORY_READ)
+    n_weights = sum(w.numel() for w in weights)
+    print(f"\nthe matrices of GPT-2 124M alone, one vector each, best of {repeats} rounds in turn; bandwidth "
+          f"{bandwidth / 1e9:.1f} GB/s (the best of a sum over 1 GiB, in turn with them); CPU: {cpu_description()}")
+    print("| weights, multiplied by | GB/s streamed | of bandwidth |")
+    print("|---|---|---|")
+    for name, (_, bytes_per_weight) in levers.items():
+        streamed = n_weights * bytes_per_weight / best[name]
+        print(f"| {name} | {streamed / 1e9:.1f} | {streamed / bandwidth:.0%} |")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=100, help="new tokens per run")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per row, rows in turn (median)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=positive_int, default=100, help="new tokens per run")
+    parser.add_argument("--repeats", type=positive_int, default=5,
+                        help="timed runs per row, rows in turn (median; --levers: best)")
+    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     parser.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--only", nargs="*", default=[], metavar="WORD",
                         help="only the rows of ours whose name contains one of these words (HF's always)")
@@ -274,18 +284,18 @@ def main() -> None:
     # more than its default limit of 8 per function in one process, which sample.py never comes near.
     torch._dynamo.config.recompile_limit = 64
     if args.levers:
-        matrix_levers(read_bandwidth())
+        matrix_levers(args.repeats)
         return
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    bandwidth = read_bandwidth()
-    print(f"memory read bandwidth: {bandwidth / 1e9:.1f} GB/s ({args.threads} threads)", file=sys.stderr, flush=True)
     rows = [row for shape in args.shapes for row in measure(shape, args.tokens, args.repeats, args.only)]
 
+    bandwidths = {r["shape"]: r["bandwidth"] for r in rows}
     print(f"\nbatch 1, a 1-token prompt, {args.tokens} new tokens, sampling, KV cache, median of {args.repeats}, "
-          f"rows in turn; {args.threads} threads; memory read bandwidth {bandwidth / 1e9:.1f} GB/s; "
+          f"rows in turn; {args.threads} threads; memory read bandwidth (the median of a sum over 1 GiB, in turn "
+          f"with the shape's rows): {', '.join(f'{s} {b / 1e9:.1f} GB/s' for s, b in bandwidths.items())}; "
           f"CPU: {cpu_description()}; torch {torch.__version__}, transformers {transformers.__version__}; load average "
           f"{os.getloadavg()[0]:.1f}")
     print("| shape | weights, multiplied by | tokens/s | MB read per token | GB/s streamed | of bandwidth | vs HF fp32 "
@@ -294,7 +304,7 @@ def main() -> None:
     for r in rows:
         streamed = r["bytes"] * r["tokens/s"]
         print(f"| {r['shape']} | {r['variant']} | {r['tokens/s']:.1f} | {r['bytes'] / 1e6:.0f} | {streamed / 1e9:.1f} "
-              f"| {streamed / bandwidth:.0%} | {r['vs HF']:.2f}x | {r['greedy']} |")
+              f"| {streamed / r['bandwidth']:.0%} | {r['vs HF']:.2f}x | {r['greedy']} |")
 
 
 if __name__ == "__main__":

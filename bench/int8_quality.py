@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,8 @@ from torch.nn import functional as F  # noqa: E402
 from src.dataloader import prepare_data  # noqa: E402
 from src.engine.checkpoint import load_pretrained  # noqa: E402
 from src.engine.corpus import CACHE_DIR  # noqa: E402
+from src.engine.errors import ArgumentParser, UserError, positive_int, run_cli  # noqa: E402
+from src.engine.perf import cpu_description  # noqa: E402
 from src.engine.quantize import quantize_int8  # noqa: E402
 
 
@@ -59,11 +62,21 @@ def compare(models: dict, windows: torch.Tensor) -> dict[str, dict[str, float]]:
     return {name: {key: value / count for key, value in row.items()} for name, row in stats.items()}
 
 
+def validation_windows(val: torch.Tensor, block_size: int, wanted: int) -> torch.Tensor:
+    """Up to `wanted` windows (n, block_size + 1) of the validation tokens, without overlap. A validation part
+    too short for one window is the user's to fix (more text, or the text the model was trained on)."""
+    n = min(wanted, (len(val) - 1) // block_size)
+    if n == 0:
+        raise UserError(f"the validation text has {len(val):,} tokens, fewer than one window of block_size + 1 = "
+                        f"{block_size + 1}: pass --data with the (longer) text the model was trained on")
+    return torch.stack([val[i * block_size : i * block_size + block_size + 1] for i in range(n)])
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", default="out", help="a checkpoint folder written by train.py")
     parser.add_argument("--data", default=None, help="the text it was trained on (default: the default corpus)")
-    parser.add_argument("--windows", type=int, default=16, help="how many validation windows to score")
+    parser.add_argument("--windows", type=positive_int, default=16, help="how many validation windows to score")
     parser.add_argument("--cache-dir", default=str(CACHE_DIR), help="train.py's --cache-dir (default: %(default)s)")
     args = parser.parse_args()
 
@@ -72,14 +85,14 @@ def main() -> None:
     T = model.config.block_size
     data = prepare_data(args.data, T, args.cache_dir, tokenizer)  # joined, split and tokenized as train.py does
     val = torch.from_numpy(data.val.astype("int64"))
-    n = min(args.windows, (len(val) - 1) // T)
-    windows = torch.stack([val[i * T : i * T + T + 1] for i in range(n)])  # (n, T + 1), without overlap
+    windows = validation_windows(val, T, args.windows)  # (n, T + 1)
+    n = len(windows)
     units = data.tokens_per_char
 
     rows = compare({"float32": model, "int8": quantize_int8(copy.deepcopy(model)),
                     "int8, PyTorch's kernel": quantize_int8(copy.deepcopy(model), own_kernel=False)}, windows)
     print(f"\n{args.out_dir}: {n} validation windows of {T} tokens, decoded one token at a time, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads; CPU: {cpu_description()}, load average {os.getloadavg()[0]:.1f}")
     print("| weights | val loss | bits/char | KL from float32 (nats) | ms/token |")
     print("|---|---|---|---|---|")
     for name, row in rows.items():
@@ -90,4 +103,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

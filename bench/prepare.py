@@ -4,13 +4,16 @@
 
 The corpus is the default text (`src.engine.corpus.default_corpus_path()`, Shakespeare, 4.5 MB) cut into
 documents of about 64 kB and copied until it holds `--mb` megabytes, in .txt files of about 4 MB each
-(documents separated by `<|endoftext|>`), in a temporary folder. Then, for each tokenizer and each number
-of workers, `python src/prepare.py CORPUS --out TMP --tokenizer PATH.json --workers N` runs as a subprocess
-(the whole command is timed: start-up, reading, encoding, routing, writing shards), into a temporary folder
-removed afterwards. The tokenizers are given as saved files, so no run learns one and every run does the
-same work: a byte-level BPE of `--vocab-size` tokens learned once on the first 1 MB (its learning time is
-printed apart), GPT-2's own if `--tokenizer-json` names its file (a tokenizer.json this project wrote, e.g.
-by `prepare.py --tokenizer gpt2`), and the character vocabulary of the text.
+(documents separated by `<|endoftext|>`), in a temporary folder. Then, for each tokenizer and each number of
+workers, `python src/prepare.py CORPUS --out TMP --tokenizer PATH.json --workers N` runs as a subprocess (the
+whole command is timed: start-up, reading, encoding, routing, writing shards), into a temporary folder removed
+afterwards. With `--repeats R` the configurations take turns: R rounds, each running every configuration once,
+in an order that rotates every round, so that drift and other work on the machine hit the 1-worker and the
+N-worker runs alike (the fastest of its R runs counts for each). The tokenizers are given as saved files, so
+no run learns one and every run does the same work: a byte-level BPE of `--vocab-size` tokens learned once on
+the first 1 MB (its learning time is printed apart), GPT-2's own if `--tokenizer-json` names its file (a
+tokenizer.json this project wrote, e.g. by `prepare.py --tokenizer gpt2`), and the character vocabulary of the
+text.
 
 Reported per run: wall-clock and CPU seconds (prepare.py and its workers), MB/s of source text, tokens/s, the
 speed-up of N workers over 1, and whether the output is the same as with 1 worker (the manifest's
@@ -27,7 +30,6 @@ more often: on real text expect lower rates.
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import json
 import os
@@ -38,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from argparse import RawDescriptionHelpFormatter
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +48,8 @@ sys.path.insert(0, str(REPO_ROOT))  # so that `src` imports when run as `python 
 
 from src.bpe import ENDOFTEXT, BPETokenizer  # noqa: E402
 from src.engine.corpus import default_corpus_path  # noqa: E402
+from src.engine.errors import ArgumentParser, UserError, positive_int, run_cli  # noqa: E402
+from src.engine.perf import cpu_description  # noqa: E402
 from src.tokenizer import CharTokenizer  # noqa: E402
 
 DOCUMENT_CHARS = 64_000  # documents of about this size, cut at line ends
@@ -56,21 +61,13 @@ CORES = (16, 64)
 
 def machine() -> str:
     """CPU model, cores, load, Python and torch versions (torch's from its metadata: prepare.py never imports it)."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
         torch_version = importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
         torch_version = "not installed"
     load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    return (f"{model}, {usable} usable core(s) of {os.cpu_count()}, load average {load}; python "
+    return (f"{cpu_description()}, {usable} usable core(s) of {os.cpu_count()}, load average {load}; python "
             f"{platform.python_version()}, torch {torch_version}")
 
 
@@ -130,35 +127,54 @@ def check_tokenizer_file(path: Path) -> None:
     try:
         kind = json.loads(path.read_text(encoding="utf-8")).get("type")
     except (OSError, ValueError, AttributeError) as err:
-        raise SystemExit(f"--tokenizer-json {path}: not a readable JSON tokenizer file ({err})") from None
+        raise UserError(f"--tokenizer-json {path}: not a readable JSON tokenizer file ({err})") from None
     if kind not in ("bpe", "gpt2", "char"):
-        raise SystemExit(f"--tokenizer-json {path}: not a tokenizer file of this project (its \"type\" is {kind!r}); "
+        raise UserError(f"--tokenizer-json {path}: not a tokenizer file of this project (its \"type\" is {kind!r}); "
                          "a prepared folder's tokenizer.json is one")
 
 
-def run_prepare(corpus: Path, tokenizer: Path, workers: int, work: Path, repeats: int) -> dict:
-    """Time `python src/prepare.py` (best of `repeats`); the manifest of the last run and the timings."""
-    best, inner, cpu = float("inf"), float("nan"), float("nan")
-    for _ in range(repeats):
-        out = work / f"out-{tokenizer.stem}-{workers}"
-        started, cpu_before = time.perf_counter(), os.times()
-        proc = subprocess.run([sys.executable, "src/prepare.py", str(corpus), "--out", str(out), "--tokenizer",
-                               str(tokenizer), "--workers", str(workers), "--shard-tokens", "2000000"],
-                              cwd=REPO_ROOT, capture_output=True, text=True)
-        seconds, cpu_after = time.perf_counter() - started, os.times()
-        if proc.returncode != 0:
-            raise SystemExit(f"prepare.py failed ({tokenizer.name}, {workers} workers):\n{proc.stderr[-3000:]}")
-        manifest = json.loads((out / "manifest.json").read_text())
-        shutil.rmtree(out)
-        found = re.search(r"prepared .* in ([0-9.]+) s", proc.stdout)
-        if seconds < best:
-            best, inner = seconds, float(found.group(1)) if found else float("nan")
-            # CPU seconds of prepare.py and its workers (waited-for descendants count as children)
-            cpu = (cpu_after.children_user + cpu_after.children_system
-                   - cpu_before.children_user - cpu_before.children_system)
+def run_prepare(corpus: Path, tokenizer: Path, workers: int, work: Path) -> dict:
+    """One timed run of `python src/prepare.py`: its wall-clock, "prepared in" and CPU seconds, and what its
+    manifest says it wrote."""
+    out = work / f"out-{tokenizer.stem}-{workers}"
+    started, cpu_before = time.perf_counter(), os.times()
+    proc = subprocess.run([sys.executable, "src/prepare.py", str(corpus), "--out", str(out), "--tokenizer",
+                           str(tokenizer), "--workers", str(workers), "--shard-tokens", "2000000"],
+                          cwd=REPO_ROOT, capture_output=True, text=True)
+    seconds, cpu_after = time.perf_counter() - started, os.times()
+    if proc.returncode != 0:
+        raise UserError(f"prepare.py failed ({tokenizer.name}, {workers} workers):\n{proc.stderr[-3000:]}")
+    manifest = json.loads((out / "manifest.json").read_text())
+    shutil.rmtree(out)
+    found = re.search(r"prepared .* in ([0-9.]+) s", proc.stdout)
+    # CPU seconds of prepare.py and its workers (waited-for descendants count as children)
+    cpu = cpu_after.children_user + cpu_after.children_system - cpu_before.children_user - cpu_before.children_system
     splits = manifest["splits"].values()
-    return {"seconds": best, "inner": inner, "cpu": cpu, "bytes": sum(s["bytes"] for s in splits),
-            "tokens": sum(s["tokens"] for s in splits), "sha": manifest["dataset_sha256"]}
+    return {"seconds": seconds, "inner": float(found.group(1)) if found else float("nan"), "cpu": cpu,
+            "bytes": sum(s["bytes"] for s in splits), "tokens": sum(s["tokens"] for s in splits),
+            "sha": manifest["dataset_sha256"]}
+
+
+def rotated(items: list, shift: int) -> list:
+    """`items` starting at position `shift` (mod its length): round r of a comparison runs them in this order."""
+    shift %= len(items)
+    return items[shift:] + items[:shift]
+
+
+def time_in_turns(tokenizers: dict[str, Path], workers: list[int], corpus: Path, work: Path,
+                  repeats: int) -> list[dict]:
+    """The fastest of `repeats` runs of every (tokenizer, workers) configuration, the configurations taking
+    turns: each round runs all of them once, starting one further along each time. The speed-up of N workers
+    over 1 is the table's headline, so neither may get the machine's quiet minutes to itself."""
+    configurations = [(name, n) for name in tokenizers for n in workers]
+    best: dict[tuple[str, int], dict] = {}
+    for r in range(repeats):
+        for name, n in rotated(configurations, r):
+            print(f"  round {r + 1}/{repeats}: {name}, {n} worker(s) ...", flush=True)
+            run = run_prepare(corpus, tokenizers[name], n, work)
+            if (name, n) not in best or run["seconds"] < best[name, n]["seconds"]:
+                best[name, n] = run
+    return [{"tokenizer": name, "workers": n, **best[name, n]} for name, n in configurations]
 
 
 def duration(seconds: float) -> str:
@@ -172,14 +188,18 @@ def duration(seconds: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=float, default=24, help="corpus size in MB (default 24)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to time (1 first)")
-    parser.add_argument("--vocab-size", type=int, default=2048, help="tokens of the BPE learned once")
+    parser.add_argument("--workers", type=positive_int, nargs="+", default=[1, 2],
+                        help="worker counts to time (1 is always added)")
+    parser.add_argument("--vocab-size", type=positive_int, default=2048, help="tokens of the BPE learned once")
     parser.add_argument("--tokenizer-json", type=Path, help="time this tokenizer file (e.g. GPT-2's, saved by "
                                                             "this project) instead of a BPE learned here")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per configuration (the fastest counts)")
+    parser.add_argument("--repeats", type=positive_int, default=1,
+                        help="rounds, each running every configuration once (the fastest run of each counts)")
     args = parser.parse_args()
+    if not args.mb > 0:
+        parser.error(f"argument --mb: must be > 0, got {args.mb}")
     workers = sorted(set(args.workers) | {1})
     if args.tokenizer_json:
         check_tokenizer_file(args.tokenizer_json)
@@ -203,15 +223,11 @@ def main() -> None:
         char_tokenizer(corpus, char)
         tokenizers["char"] = char
 
-        rows = []
-        for name, path in tokenizers.items():
-            for n in workers:
-                print(f"  {name}, {n} worker(s) ...", flush=True)
-                rows.append({"tokenizer": name, "workers": n, **run_prepare(corpus, path, n, work, args.repeats)})
+        rows = time_in_turns(tokenizers, workers, corpus, work, args.repeats)
 
     print(f"\nsrc/prepare.py, {size / 1e6:.1f} MB of text; {machine()}")
-    print("wall: the whole command (start-up included), best of", args.repeats, "| prepare: its own "
-          "\"prepared in\" time (encoding, routing, writing)")
+    print(f"wall: the whole command (start-up included), best of {args.repeats}, the configurations taking turns "
+          "| prepare: its own \"prepared in\" time (encoding, routing, writing)")
     print("| tokenizer | workers | bytes/token | tokens | wall s | prepare s | CPU s | MB/s | tokens/s | speed-up | "
           "same output as 1 worker |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -250,4 +266,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -10,7 +10,11 @@ Prints one table:
 - training time for vocab 512 (on the first 100 kB), 4096 and 32768 (on the whole file), ours against
   HF's trainer (Rust; tiktoken has none), both stopping early when no pair occurs twice any more.
 
-The script also checks that all three give identical ids on the whole text.
+Fairness: every contender runs once untimed first (ours warm fills its cache there; the untimed runs also
+give the ids compared and the vocabulary sizes reached), then the contenders of a row take turns, round by
+round, the order rotating each round, so drift on a shared machine hits them alike; each one's fastest
+timed run counts. The script also checks that all three give identical ids on the whole text, and names the
+CPU: the MB/s are this machine's.
 """
 
 from __future__ import annotations
@@ -38,18 +42,31 @@ from src.bpe import ENDOFTEXT, GPT2_PATTERN, BPETokenizer  # noqa: E402
 from src.engine.corpus import CACHE_DIR, read_text  # noqa: E402
 from src.engine.errors import UserError, run_cli  # noqa: E402
 from src.engine.gpt2_files import find_layout, read_tokenizer_files  # noqa: E402
+from src.engine.perf import cpu_description  # noqa: E402
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
-def best_time(fn, repeats: int) -> float:
-    """Fastest of `repeats` runs of fn(), in seconds."""
-    best = float("inf")
-    for _ in range(repeats):
+def timed(fn):
+    """`fn` as a contender for `best_in_turns`: a function that runs it and returns the seconds it took."""
+    def run() -> float:
         start = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+        return time.perf_counter() - start
+    return run
+
+
+def best_in_turns(contenders: dict, rounds: int) -> dict[str, float]:
+    """Fastest of `rounds` runs of each contender (name: a function returning the seconds it took), the
+    contenders taking turns: every round runs each once, starting one further along each round. Timed one
+    after another, a slow minute of the machine would fall on one of them only."""
+    names = list(contenders)
+    seconds = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            seconds[name].append(contenders[name]())
+    return {name: min(times) for name, times in seconds.items()}
 
 
 def local_gpt2_dir() -> Path | None:
@@ -101,20 +118,16 @@ def encode_rows(text: str, folder: Path) -> tuple[list[tuple], str]:
     )
     n_mb = len(text.encode("utf-8")) / 1e6
 
-    def ours_cold():
-        fresh = BPETokenizer(ours.vocab, ours.merges, ours.special_tokens, ours.pattern)  # empty cache
-        start = time.perf_counter()
-        fresh.encode_ordinary(text)
-        return time.perf_counter() - start
+    def ours_cold() -> float:  # a fresh tokenizer each time (its making untimed): every word new to its cache
+        fresh = BPETokenizer(ours.vocab, ours.merges, ours.special_tokens, ours.pattern)
+        return timed(lambda: fresh.encode_ordinary(text))()
 
-    cold = min(ours_cold() for _ in range(3))
-    ours.encode_ordinary(text)  # fills the cache
-    warm = best_time(lambda: ours.encode_ordinary(text), 3)
-    tk_time = best_time(lambda: tk.encode_ordinary(text), 5)
-    hf_time = best_time(lambda: hf.encode(text), 3)
-
-    ids = ours.encode_ordinary(text)
+    ids = ours.encode_ordinary(text)  # the untimed runs: they fill ours's cache, and give the ids to compare
     same = ids == tk.encode_ordinary(text) and ids == hf.encode(text).ids
+    best = best_in_turns({"cold": ours_cold, "warm": timed(lambda: ours.encode_ordinary(text)),
+                          "tiktoken": timed(lambda: tk.encode_ordinary(text)), "HF": timed(lambda: hf.encode(text))},
+                         rounds=3)
+    cold, warm, tk_time, hf_time = best["cold"], best["warm"], best["tiktoken"], best["HF"]
     speed = lambda seconds: f"{n_mb / seconds:.2f}"
     ratio = lambda seconds: f"{tk_time / seconds:.2f}x tiktoken speed"
     rows = [
@@ -126,15 +139,17 @@ def encode_rows(text: str, folder: Path) -> tuple[list[tuple], str]:
 
 def train_rows(text: str) -> list[tuple]:
     rows = []
-    for vocab_size, sample, repeats in ((512, text[:100_000], 3), (4096, text, 1), (32768, text, 1)):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "stopped early": the reached size is shown instead
-            ours = BPETokenizer.train(sample, vocab_size)
-            ours_time = best_time(lambda s=sample, v=vocab_size: BPETokenizer.train(s, v), repeats)
+    for vocab_size, sample, rounds in ((512, text[:100_000], 3), (4096, text, 1), (32768, text, 1)):
         hf = hf_byte_level()
+        train_ours = lambda s=sample, v=vocab_size: BPETokenizer.train(s, v)
         # min_frequency=2: HF stops where ours does, when no pair occurs twice any more
         train_hf = lambda s=sample, v=vocab_size, h=hf: h.train_from_iterator([s], hf_trainer(v, min_frequency=2))
-        hf_time = best_time(train_hf, repeats)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "stopped early": the reached size is shown instead
+            ours = train_ours()  # untimed, as HF's next line: the sizes reached, and a warm-up for both
+            train_hf()
+            best = best_in_turns({"ours": timed(train_ours), "HF": timed(train_hf)}, rounds)
+        ours_time, hf_time = best["ours"], best["HF"]
         size = f"{len(sample.encode('utf-8')) / 1e6:.2f} MB" if len(sample) > 100_000 else "100 kB"
         reached = ""
         if ours.vocab_size < vocab_size or hf.get_vocab_size() < vocab_size:
@@ -172,7 +187,10 @@ def main() -> None:
         description, folder = vocabulary(text, Path(tmp))
         encode, check = encode_rows(text, folder)
     print(f"data: {args.data} ({len(text.encode('utf-8')) / 1e6:.2f} MB); encode vocabulary: {description}")
-    print(f"single thread; Python {platform.python_version()}, tiktoken {tiktoken.__version__}; {check}")
+    print(f"single thread; CPU: {cpu_description()}; Python {platform.python_version()}, tiktoken "
+          f"{tiktoken.__version__}; {check}")
+    print("each contender once untimed, then the contenders of a row in turns: the fastest of 3 rounds "
+          "(training at 4096 and 32768: 1)")
     print_table(encode + train_rows(text))
 
 

@@ -90,6 +90,18 @@ def _run_cli(*args: str, timeout: float = 120, cwd: Path | str = REPO_ROOT) -> s
     )
 
 
+def load_bench(name: str):
+    """bench/NAME.py as a module, for the tests to call its functions (bench/ is a folder of scripts, not a
+    package). Registered in sys.modules under bench_NAME: a dataclass looks its module up there."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO_ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def folder_digest(path: Path) -> dict[str, str]:
     """sha256 of every file in a folder (by name): to prove a command left a checkpoint untouched."""
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(path).iterdir()) if p.is_file()}

@@ -7,7 +7,6 @@ clear line instead of a traceback.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
@@ -15,10 +14,11 @@ import subprocess
 import sys
 import textwrap
 from argparse import Namespace
-from pathlib import Path
 
 import pytest
 import torch
+
+from tests.conftest import load_bench
 
 BENCH = "bench/gpu.py"
 NO_GPU = "no CUDA GPU: run this on a GPU machine (bench/gpu.py --quick --device cpu smoke-tests it here)"
@@ -89,13 +89,6 @@ def test_a_missing_text_or_a_count_of_zero_is_one_line_before_anything_runs(run_
     assert not out.exists()
 
 
-def load_gpu_bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu", Path(BENCH))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 # A stand-in for train.py that logs two evaluations and dies: what a crash half-way through looks like
 FAILING_RUN = textwrap.dedent("""
     import json, sys
@@ -115,7 +108,7 @@ FAILING_RUN = textwrap.dedent("""
 def test_a_run_that_dies_keeps_the_evaluations_it_logged(monkeypatch, text_file, capsys):
     """The shakespeare part's train.py dying half-way (a CUDA error, the out-of-memory killer) must not cost the
     evaluations already logged: the part is 'partial', with them and the error, and the table is printed."""
-    gpu = load_gpu_bench()
+    gpu = load_bench("gpu")
     real_popen = subprocess.Popen
     monkeypatch.setattr(gpu.subprocess, "Popen",
                         lambda command, **kw: real_popen([sys.executable, "-c", FAILING_RUN, *command[2:]], **kw))

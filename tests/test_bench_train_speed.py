@@ -10,32 +10,22 @@ GELU would fail.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+import time
 
 import pytest
 import torch
 
+from tests.conftest import load_bench
+
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "train_speed.py"
 TINY = ["--n-layer", "1", "--n-head", "2", "--d-model", "32", "--block-size", "16", "--batch-size", "2"]
-
-
-def load_bench():
-    """bench/train_speed.py as a module (bench/ is a folder of scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("bench_train_speed", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return load_bench()
+    return load_bench("train_speed")
 
 
 def test_peer_is_a_gpt2_of_the_same_sizes(bench):
@@ -74,3 +64,43 @@ def test_the_levers_written_out_newton_schulz_is_muons(bench):
 
     stack = torch.randn(4, 24, 96, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(bench.written_out_newton_schulz(stack), orthogonalize(stack), atol=1e-5, rtol=1e-4)
+
+
+def fake_contenders(calls: list):
+    """A stand-in for `contenders`: steps that only record who ran (and sleep a millisecond, so medians are
+    not 0), a model that counts 1,000 FLOPs per token, and an HF config naming its attention kernel."""
+    from types import SimpleNamespace
+
+    def make(flags, dtype):
+        cfg = SimpleNamespace(batch_size=2, block_size=8)
+        ours = SimpleNamespace(flops_per_token=lambda: 1000.0)
+        hf = SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa"))
+
+        def step(name):
+            return lambda: (calls.append((name, dtype)), time.sleep(0.001))
+
+        return cfg, {"ours": ours, "HF": hf}, {"ours": step("ours"), "HF": step("HF")}
+
+    return make
+
+
+def test_every_arm_of_a_shape_takes_turns_with_every_other(bench, monkeypatch):
+    """The goal's ratio, ours bf16 / HF fp32, crosses precisions: all four arms must share each round."""
+    calls = []
+    monkeypatch.setattr(bench, "contenders", fake_contenders(calls))
+    rows, kernel = bench.measure("laptop", ["float32", "bfloat16"], steps=2, warmup=1)
+    arms = {("ours", "float32"), ("HF", "float32"), ("ours", "bfloat16"), ("HF", "bfloat16")}
+    rounds = [calls[i : i + 4] for i in range(0, len(calls), 4)]
+    assert len(rounds) == 3 and all(set(r) == arms for r in rounds)  # warm-up + 2 timed, each arm once a round
+    assert rounds[0] != rounds[1]  # the order changes between rounds
+    assert {(row.model, row.dtype): len(row.times) for row in rows} == dict.fromkeys(arms, 2)
+    assert kernel == "sdpa"
+
+
+def test_the_table_divides_by_peaks_measured_in_the_run(bench, monkeypatch):
+    """Not by peaks cached on another day: the footer gives the run's own figures, the goal line uses them."""
+    monkeypatch.setattr(bench, "contenders", fake_contenders([]))
+    monkeypatch.setattr(bench, "measure_matmul_flops", lambda dtype: 7e9 if dtype == torch.float32 else 11e9)
+    table = bench.speed_table(2, 1, ["float32", "bfloat16"], ["laptop"])
+    assert "matmul peaks measured in this run, before the steps: fp32 7 GFLOP/s, bf16 11 GFLOP/s" in table
+    assert "laptop shape: ours bf16 = " in table and "x HF fp32" in table
