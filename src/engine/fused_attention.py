@@ -15,10 +15,9 @@ same kind of CPU still repeats itself exactly. The gradient has no gradient of i
 How it is used. model.py keeps `CausalSelfAttention` as the reading path; train.py calls
 `use_fused_attention(model)` when it trains on a CPU, which puts a `FusedCausalSelfAttention` in each one's
 place: the same layer, holding the same weights under the same names, that takes the kernel where it applies
-(float32 on the CPU, no autocast, no dropout inside attention, no cache, no weights asked for, a context
-of at most MAX_T) and the layer's
-own forward everywhere else (generating, looking inside, bf16, a GPU). Where the C file does not compile,
-nothing is swapped (a warning says so once).
+(float32 on the CPU, no autocast, no dropout inside attention, no cache, no weights asked for, a context of at
+most MAX_T) and the layer's own forward everywhere else (generating, looking inside, bf16, a GPU). Where the C
+file does not compile, nothing is swapped (a warning says so once).
 
 The kernel is registered as the PyTorch op `torch.ops.gpt2_scratch.causal_attention`, with its gradient, so
 that a model compiled whole (`--compile on`) can call it like any other operation.
