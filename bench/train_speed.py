@@ -9,7 +9,7 @@ reached in 300 s.
 
 Speed: for two shapes -- the user's (6 layers, 6 heads, d_model 384, context 256, batch 16) and nanoGPT's
 laptop configuration (4 layers, 4 heads, 128 wide, context 64, batch 12) -- in float32 and under bf16
-autocast, dropout 0: `--warmup` untimed steps, then `--steps` timed optimizer steps of `src.train.train_step`
+autocast (bf16 by default only on a CPU with bf16 instructions), dropout 0: `--warmup` untimed steps, then `--steps` timed optimizer steps of `src.train.train_step`
 (the very function the training loop calls: forward, backward, clipping, AdamW) on the model, optimizer and
 data loader that train.py builds.
 
@@ -81,7 +81,7 @@ from src.engine.fused_gelu import gelu as fused_gelu  # noqa: E402
 from src.engine.fused_gelu import use_fused_gelu  # noqa: E402
 from src.engine.muon import NS_COEFFICIENTS, orthogonalize  # noqa: E402
 from src.engine.perf import cpu_description, measure_matmul_flops  # noqa: E402
-from src.engine.precision import Precision  # noqa: E402
+from src.engine.precision import Precision, cpu_has_native_bf16  # noqa: E402
 from src.tokenizer import CharTokenizer  # noqa: E402
 from src.train import build_model, configure_optimizer, estimate_loss, train_step  # noqa: E402
 
@@ -242,7 +242,8 @@ def goal_line(shape: str, rows: dict, peaks: dict) -> str:
                      + f", {bf16.flops / peaks['bf16']:.0%} of bf16 peak"
                      + (f" (goal >= {GOAL_BF16_PEAK:.0%})" if goal else ""))
     else:
-        parts.append("ours bf16 not measured" + (" (the goal needs it: add bfloat16 to --dtypes)" if goal else ""))
+        parts.append("ours bf16 not measured" + (" (the goal needs it: add bfloat16 to --dtypes; left out by default "
+                                                 "on a CPU without bf16 instructions)" if goal else ""))
     parts.append(f"ours fp32 = {hf_fp32.median / rows['ours', shape, 'float32'].median:.2f}x HF fp32")
     return f"{shape} shape: " + "; ".join(parts)
 
@@ -446,13 +447,20 @@ def ablation(budget: float, seeds: list[int], variants: list[str], extra: list[s
         print(f"| quality-300s {recipe or '(as is)'} | {cells} | {statistics.mean(losses):.4f} |")
 
 
+def default_dtypes() -> list[str]:
+    """Both precisions where bf16 is fast (AVX-512 BF16, AMX); float32 alone where every bf16 product would be
+    converted in software (about 1 GFLOP/s on the Zen 3 machine: a step at the user's shape takes minutes)."""
+    return ["float32", "bfloat16"] if cpu_has_native_bf16() else ["float32"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=positive_int, default=10, help="timed steps per row")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's choice)")
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"],
-                        help="precisions to time (bf16 on a CPU without bf16 instructions takes minutes a step)")
+    parser.add_argument("--dtypes", nargs="+", default=None, choices=["float32", "bfloat16"],
+                        help="precisions to time (default: both where the CPU has bf16 instructions, else float32 "
+                             "alone: bf16 converted in software takes minutes a step at the user's shape)")
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES),
                         help="shapes to time: " + "; ".join(f"{k}: {v[0]}" for k, v in SHAPES.items()))
     parser.add_argument("--quality", action="store_true", help="run the 300 s time-to-quality check instead")
@@ -475,7 +483,7 @@ def main() -> None:
     elif args.levers:
         print(levers_table(args.steps))
     else:
-        print(speed_table(args.steps, args.warmup, args.dtypes, args.shapes))
+        print(speed_table(args.steps, args.warmup, args.dtypes or default_dtypes(), args.shapes))
 
 
 if __name__ == "__main__":

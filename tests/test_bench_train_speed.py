@@ -104,3 +104,12 @@ def test_the_table_divides_by_peaks_measured_in_the_run(bench, monkeypatch):
     table = bench.speed_table(2, 1, ["float32", "bfloat16"], ["laptop"])
     assert "matmul peaks measured in this run, before the steps: fp32 7 GFLOP/s, bf16 11 GFLOP/s" in table
     assert "laptop shape: ours bf16 = " in table and "x HF fp32" in table
+
+
+def test_bf16_is_timed_by_default_only_where_the_cpu_has_bf16_instructions(bench, monkeypatch):
+    """Without bf16 units every bf16 product is converted in software: at the user's shape a step takes minutes,
+    so the default run times float32 alone there (bfloat16 stays one flag away)."""
+    monkeypatch.setattr(bench, "cpu_has_native_bf16", lambda: False)
+    assert bench.default_dtypes() == ["float32"]
+    monkeypatch.setattr(bench, "cpu_has_native_bf16", lambda: True)
+    assert bench.default_dtypes() == ["float32", "bfloat16"]
