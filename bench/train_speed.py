@@ -9,9 +9,9 @@ reached in 300 s.
 
 Speed: for two shapes -- the user's (6 layers, 6 heads, d_model 384, context 256, batch 16) and nanoGPT's
 laptop configuration (4 layers, 4 heads, 128 wide, context 64, batch 12) -- in float32 and under bf16
-autocast (bf16 by default only on a CPU with bf16 instructions), dropout 0: `--warmup` untimed steps, then `--steps` timed optimizer steps of `src.train.train_step`
-(the very function the training loop calls: forward, backward, clipping, AdamW) on the model, optimizer and
-data loader that train.py builds.
+autocast (bf16 by default only on a CPU with bf16 instructions), dropout 0: `--warmup` untimed steps, then
+`--steps` timed optimizer steps of `src.train.train_step` (the very function the training loop calls:
+forward, backward, clipping, AdamW) on the model, optimizer and data loader that train.py builds.
 
 The peer is measured in the same run, because a figure from another machine or another hour says little
 (this shared machine drifts by up to 30%), and nanoGPT's code cannot live in this repository: Hugging
@@ -222,10 +222,13 @@ def matmul_peaks() -> dict[str, float]:
 
 
 def format_row(row: Row, peaks: dict, hf_fp32: Row | None) -> str:
+    """One row of the table; a row's share of a peak only for its own precision's (a float32 step against the
+    bf16 peak of a CPU without bf16 units would read 10,000%)."""
     ratio = f"{hf_fp32.median / row.median:>8.2f}x" if hf_fp32 else f"{'-':>9}"
+    own = "fp32" if row.dtype == "float32" else "bf16"
+    shares = [f"{row.flops / peaks[kind]:>8.1%}" if kind == own else f"{'-':>8}" for kind in ("fp32", "bf16")]
     return (f"{row.model:<5} {row.shape:<7} {row.dtype:<9} {row.median * 1e3:>8.1f} {min(row.times) * 1e3:>8.1f} "
-            f"{row.tokens_per_step / row.median:>9,.0f} {row.flops / 1e9:>8.1f} {row.flops / peaks['fp32']:>8.1%} "
-            f"{row.flops / peaks['bf16']:>8.1%} {ratio}")
+            f"{row.tokens_per_step / row.median:>9,.0f} {row.flops / 1e9:>8.1f} {' '.join(shares)} {ratio}")
 
 
 def goal_line(shape: str, rows: dict, peaks: dict) -> str:

@@ -113,3 +113,12 @@ def test_bf16_is_timed_by_default_only_where_the_cpu_has_bf16_instructions(bench
     assert bench.default_dtypes() == ["float32"]
     monkeypatch.setattr(bench, "cpu_has_native_bf16", lambda: True)
     assert bench.default_dtypes() == ["float32", "bfloat16"]
+
+
+def test_a_row_is_a_share_of_its_own_precisions_peak_only(bench):
+    """A float32 step against the bf16 peak of a CPU without bf16 units would read thousands of percent."""
+    peaks = {"fp32": 100e9, "bf16": 1e9}
+    fp32 = bench.Row("ours", "user", "float32", [1.0], 1000, 50e6)  # 50 GFLOP/s: half the fp32 peak
+    bf16 = bench.Row("ours", "user", "bfloat16", [1.0], 1000, 0.5e6)  # 0.5 GFLOP/s: half the bf16 peak
+    assert bench.format_row(fp32, peaks, None).split()[-3:] == ["50.0%", "-", "-"]
+    assert bench.format_row(bf16, peaks, None).split()[-3:] == ["-", "50.0%", "-"]
