@@ -488,7 +488,8 @@ def file_stamps(files: list[str]) -> dict[str, list[int]]:
 
 def unchanged(stamps: dict[str, list[int]], files: list[str]) -> None:
     """A rerun skips the pieces routed before by counting them: refuse it if a source changed in between (its
-    new text would be cut in other places, and the old and new mixed in the shards)."""
+    new text would be cut in other places, and the old and new mixed in the shards). A file only touched or
+    copied (a new time, the same text) is refused too: the stamp cannot tell. hf: datasets are not checked."""
     for file, now in file_stamps(files).items():
         if file in stamps and stamps[file] != now:
             raise UserError(f"{file} changed since this preparation began (size or modification time): the "

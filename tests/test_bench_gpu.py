@@ -127,3 +127,15 @@ def test_without_a_gpu_it_says_so_in_one_line(run_cli, tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip() == NO_GPU
     assert not (tmp_path / "gpu.json").exists()
+
+
+def test_only_the_compilers_own_errors_fall_back_to_eager():
+    """A failing torch.compile (no Triton on the card's image) costs the compiled figures, not the part; an
+    out-of-memory or a non-finite loss is the part's own failure and must not be retried uncompiled."""
+    gpu = load_bench("gpu")
+    from torch._dynamo.exc import BackendCompilerFailed, TorchRuntimeError
+
+    assert gpu.compiler_failed(TorchRuntimeError("inductor could not find a C compiler"))
+    assert gpu.compiler_failed(BackendCompilerFailed.__new__(BackendCompilerFailed))
+    assert not gpu.compiler_failed(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert not gpu.compiler_failed(RuntimeError("a non-finite loss or gradient at benchmark step 0"))

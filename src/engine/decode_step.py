@@ -119,9 +119,10 @@ class CDecoding(nn.Module):
 
     The model's tensors are read at its first one-token step (a model without a KV cache, the bigram, never
     has one: it decodes as it always does); a model the C step cannot read (float16 weights, a tensor that is
-    not contiguous) raises ValueError there, naming the tensor. The tensors read are held, so the C code never
-    reads freed memory, and read again when one has moved (`model.to(torch.bfloat16)`, `param.data = ...`);
-    a layer replaced by another is not seen: make a new CDecoding."""
+    not contiguous) raises ValueError there, naming the tensor. Every address is checked before each step, so
+    the C code never reads freed memory: when a tensor has moved (`model.to(torch.bfloat16).float()`,
+    `param.data = ...`) the model is read again. A layer replaced by another is not seen (the old one's tensors,
+    held here, are read): make a new CDecoding."""
 
     def __init__(self, model: nn.Module, extra_flags: tuple[str, ...] = ()):
         super().__init__()

@@ -3,7 +3,7 @@
 Why. On a CPU, the MLP's GELU and its gradient took 12-13% of a training step of the `quality-300s` model
 (4 layers, 96 wide, 4,096 tokens, on a 2-core AMD EPYC Zen 3): PyTorch evaluates tanh with a library routine
 that is slow there. gelu.c computes the same function with one exponential of its own (see the C file), 32
-floats per step with AVX2: 2.9x faster forward and backward in the latest runs (2.94x and 2.91x), 1.07x the
+floats per step with AVX2: 2.9-3.0x faster forward and backward in the latest runs (2.94x, 2.91x and 2.98x), 1.07x the
 whole step with this kernel alone (`python bench/train_speed.py --levers`, `bench/README.md`).
 
 What changes. Nothing but float32 rounding: both are checked against float64 GPT-2 GELU and its derivative

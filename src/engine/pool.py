@@ -81,5 +81,6 @@ def _result(future):
     try:
         return future.result()
     except BrokenProcessPool:
-        raise UserError("a worker process died (killed by the system: out of memory?); fewer --workers use less "
-                        "memory, and a rerun continues from the last saved shard") from None
+        raise UserError("a worker process died (killed by the system, most often for memory, or it could not "
+                        "start); fewer --workers use less memory, and a rerun continues from the last saved "
+                        "shard") from None

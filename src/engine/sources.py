@@ -457,7 +457,8 @@ def iter_token_pieces(paths: list[str], eot_id: int) -> Iterator[tuple[np.ndarra
     next file: ids before a file's first end-of-text continue the previous file's last document (in the first
     file, they form one of their own). So whether a piece ends its document is known only from what follows
     it: the next piece starts one. Two end-of-text ids in a row give an empty document, yielded as it is, so
-    writing [eot] + ids before each piece that starts a document reproduces the files' ids exactly.
+    writing [eot] + ids before each piece that starts a document reproduces the files' ids exactly (but for an
+    eot added before the first file's first ids, when that file does not begin with one).
     """
     held: np.ndarray | None = None  # the last piece: it ends its document if the next one starts one
     for ids, starts in _token_pieces(paths, eot_id):
