@@ -112,10 +112,11 @@ PRESETS: dict[str, dict] = {
     # ~50% more steps than 128 and won on every seed (3 layers of 128 did as well on the mean); batch 32
     # rather than 16 halves the share of Muon's per-step cost and its gradient noise; and the schedule
     # decays to 0 rather than to a tenth (a small gain, but on every seed). Context 256 at batch 16 lost on
-    # every seed; 2 heads of 64 instead of 4 of 32 (at 128 wide) gained nothing beyond the noise (`bench/README.md`:
-    # "Time to quality"). Weight decay 0.1 sets the size Muon's matrices settle at: 0, 0.03 and 0.3 lost (one seed; 0 by
-    # 0.028). AdamW's rate (embeddings, biases, gains) 8e-3 rather than 4e-3 won five seeds of six, by 0.006 on
-    # the mean. float32: below 256 wide, bf16's conversions cost more than its faster products save.
+    # every seed; 2 heads of 64 instead of 4 of 32 (at 128 wide) gained nothing beyond the noise
+    # (`bench/README.md`: "Time to quality"). Weight decay 0.1 sets the size Muon's matrices settle at: 0, 0.03
+    # and 0.3 lost (one seed; 0 by 0.028). AdamW's rate (embeddings, biases, gains) 8e-3 rather than 4e-3 won
+    # five seeds of six, by 0.006 on the mean; Muon's at 0.05 rather than 0.04 lost two seeds of three, by 0.0055
+    # on the mean. float32: below 256 wide, bf16's conversions cost more than its faster products save.
     "quality-300s": dict(
         n_layer=4, n_head=3, d_model=96, block_size=128, batch_size=32, optimizer="muon", lr=8e-3, muon_lr=0.04,
         min_lr=0.0, warmup_iters=100, max_iters=100_000, max_seconds=300.0, eval_interval=500, beta2=0.99,
